@@ -1,0 +1,99 @@
+"""`symtune <command>`: one entry point; gin handling and error reporting shared by all commands.
+
+Each command lives in its own module exposing `USES_GIN`, `add_arguments(parser)` and
+`run(args) -> int`; modules are imported only when their command runs, so `--help` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from dataclasses import dataclass
+from typing import Sequence
+
+from symtune.errors import UserError
+
+
+@dataclass(frozen=True)
+class Command:
+    name: str
+    module: str
+    help: str
+
+
+SYMTUNE_COMMANDS = (
+    Command("demo", "symtune.demo", "run the main job end to end on local defaults (CPU)"),
+)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a bad invocation as one line and exit code 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def add_gin_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--gin_file", action="append", default=[], metavar="FILE",
+        help="gin config file (repeatable); looked up as given, then under configs/",
+    )
+    parser.epilog = "Any --gin.NAME=VALUE argument overrides one gin binding."
+
+
+def build_top_parser(prog: str, description: str, commands: Sequence[Command]) -> argparse.ArgumentParser:
+    """The parser that lists the commands; each command's own parser is built when it runs."""
+    parser = _Parser(prog=prog, description=description)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for command in commands:
+        sub.add_parser(command.name, help=command.help)
+    return parser
+
+
+def run_cli(prog: str, description: str, commands: Sequence[Command], argv: Sequence[str] | None) -> int:
+    """Parses argv, applies gin, runs the command; user mistakes are one line on stderr, exit 2."""
+    from symtune.config import parse_gin, print_config, split_gin_overrides
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    top = build_top_parser(prog, description, commands)
+    by_name = {c.name: c for c in commands}
+    try:
+        rest, bindings = split_gin_overrides(argv)
+        if not rest or rest[0].startswith("-"):
+            top.parse_args(rest)  # prints --help / --version, or reports the mistake
+            top.error("a command is required")
+        command = by_name.get(rest[0])
+        if command is None:
+            top.error(f"unknown command {rest[0]!r}; choose from {', '.join(by_name)}")
+        module = importlib.import_module(command.module)
+        parser = _Parser(prog=f"{prog} {command.name}", description=command.help)
+        if module.USES_GIN:
+            add_gin_arguments(parser)
+        module.add_arguments(parser)
+        args = parser.parse_args(rest[1:])
+        if module.USES_GIN:
+            parse_gin(args.gin_file, bindings)
+            print_config()
+        elif bindings:
+            raise UserError(f"`{prog} {command.name}` takes no gin configuration")
+        return int(module.run(args) or 0)
+    except UserError as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_cli(
+        "symtune",
+        "Symbol tuning for in-context learning: data, training, evaluation and export on JAX.",
+        SYMTUNE_COMMANDS,
+        argv,
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

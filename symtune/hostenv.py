@@ -1,0 +1,23 @@
+"""Process settings that must be in place before JAX initialises its backends."""
+
+import os
+import sys
+
+
+def simulate_cpu_devices(count: int) -> None:
+    """Makes JAX see `count` CPU devices (for demos and tests on a machine without accelerators)."""
+    if "jax" in sys.modules:
+        import jax
+
+        if jax.config.jax_platforms == "cpu" and len(jax.devices()) == count:
+            return
+        raise RuntimeError("simulate_cpu_devices must run before JAX is imported")
+    os.environ["JAX_PLATFORMS"] = "cpu"
+    flags = [f for f in os.environ.get("XLA_FLAGS", "").split() if "device_count" not in f]
+    flags.append(f"--xla_force_host_platform_device_count={count}")
+    os.environ["XLA_FLAGS"] = " ".join(flags)
+
+
+def quiet_tensorflow() -> None:
+    """Keeps TensorFlow's C++ start-up chatter off the console and TF off any accelerator."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")

@@ -1,0 +1,1 @@
+"""TART: a task-agnostic reasoning head trained on synthetic logistic regression."""
