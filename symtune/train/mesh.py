@@ -26,6 +26,11 @@ BATCH_AXES = ("replica", "data", "fsdp")
 
 LogicalRules = tuple[tuple[str, Any], ...]
 
+LOGICAL_AXES = (
+    "vocab", "embed", "mlp", "heads", "kv_heads", "kv", "layers", "norm",
+    "act_batch", "act_len", "act_embed", "act_heads", "act_kv", "act_mlp", "act_vocab",
+)
+
 _BATCH = (("act_batch", BATCH_AXES),)
 _FSDP = (("embed", "fsdp"),)
 _TP = (
@@ -38,11 +43,21 @@ _TP = (
     ("act_vocab", "tensor"),
 )
 
+
+
+def _complete(*parts: LogicalRules) -> LogicalRules:
+    """Every logical axis gets an entry (None = replicated): flax passes unknown names through."""
+    table = {name: None for name in LOGICAL_AXES}
+    for part in parts:
+        table.update(part)
+    return tuple(table.items())
+
+
 RULE_PRESETS: dict[str, LogicalRules] = {
-    "dp": _BATCH,
-    "fsdp": _BATCH + _FSDP,
-    "tp": _BATCH + _TP,
-    "fsdp+tp": _BATCH + _FSDP + _TP,
+    "dp": _complete(_BATCH),
+    "fsdp": _complete(_BATCH, _FSDP),
+    "tp": _complete(_BATCH, _TP),
+    "fsdp+tp": _complete(_BATCH, _FSDP, _TP),
 }
 
 
