@@ -7,7 +7,7 @@ import pytest
 from flax import nnx
 
 from symtune.errors import UserError
-from symtune.models.attention import CAUSAL_BLOCK, attend, attention_mask
+from symtune.models.attention import CAUSAL_BLOCK, attend, attention_mask, score_elements
 from symtune.models.decoder import Decoder, DecoderStack
 from symtune.models.presets import get_preset
 
@@ -85,6 +85,18 @@ def test_causal_query_blocks_match_unblocked_attention():
     (_, out_b), grads_b = jax.value_and_grad(loss, has_aux=True)((q, k, v), False)
     np.testing.assert_allclose(out_a[real], out_b[real], atol=1e-5)
     jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, atol=1e-4), grads_a, grads_b)
+
+
+@pytest.mark.parametrize("t, causal", [(CAUSAL_BLOCK * 2 + 37, True), (CAUSAL_BLOCK * 2 + 37, False), (100, True)])
+def test_score_elements_counts_the_scores_attend_computes(t, causal):
+    # symtune plan sizes attention's backward from this count.
+    q = jax.ShapeDtypeStruct((1, t, 4, 8), jnp.float32)
+    kv = jax.ShapeDtypeStruct((1, t, 2, 8), jnp.float32)
+    mask = jax.ShapeDtypeStruct((1, t, t), jnp.bool_)
+    jaxpr = jax.make_jaxpr(lambda q, k, v, m: attend(q, k, v, m, causal=causal))(q, kv, kv, mask)
+    scores = [e.outvars[0].aval for e in jaxpr.eqns
+              if e.primitive.name == "custom_jvp_call" and e.params["call_jaxpr"].jaxpr.eqns]
+    assert sum(int(np.prod(a.shape)) for a in scores) == 4 * score_elements(t, causal)
 
 
 @pytest.mark.parametrize("change", [

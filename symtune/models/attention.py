@@ -63,6 +63,14 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, *, causal:
                             for i in range(0, t, n)], axis=1)
 
 
+def score_elements(length: int, causal: bool = True) -> int:
+    """Entries of one head's score matrix in `attend` over `length` tokens (key blocks skipped included)."""
+    if not causal or length <= CAUSAL_BLOCK:
+        return length * length
+    n = CAUSAL_BLOCK
+    return sum(min(n, length - i) * min(i + n, length) for i in range(0, length, n))
+
+
 def _attend_block(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
     # The G query heads sharing a kv head are folded into the query axis: every matmul and the
     # softmax then run on 4-D [B, K, G*T, S] arrays, which XLA:CPU handles far faster than 5-D.

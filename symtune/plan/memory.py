@@ -16,7 +16,8 @@ Parts, per chip (`Memory`):
   working      the transient peak on top, the largest of: the output layer's backward (the f32
                logits gradient and the LM head's gradient before its reduce-scatter), one block's
                backward (its cotangents, about half its residuals, or the residuals remat
-               recomputes; its gathered weights and gradient under fsdp), and the optimizer update
+               recomputes; attention's two f32 score-sized gradients; its gathered weights and
+               gradient under fsdp), and the optimizer update
                (an f32 updates tree, once the activations are freed)
   batch        one chip's rows of the int32 feature arrays
 
@@ -35,6 +36,7 @@ from typing import Any, Callable, ClassVar
 
 from symtune.data.pipeline import FEATURES  # int32 [batch, seq_len] each
 from symtune.errors import UserError
+from symtune.models.attention import score_elements
 from symtune.models.config import DecoderConfig
 from symtune.train.mesh import MESH_AXES, RULE_PRESETS, MeshConfig, spec_for
 from symtune.train.optim import OptimizerConfig
@@ -216,7 +218,10 @@ class Workload:
         head = (micro_rows * self.seq_len * (c.vocab_size // layout.logical_ways("act_vocab")) * 4
                 + head_matrix * (fsdp - 1) * (4 + (compute_bytes if layout.microbatches > 1 else 0)))
         layer = sum(n for path, n in local.items() if "layers" in self.logical[path]) // c.num_layers
-        block = (micro_rows * max(full.layer_rows // 2, full.layer_rows - saved.layer_rows)
+        # Attention's backward holds two f32 score-sized buffers (the gradients of the
+        # probabilities and of the scores) besides the layer's cotangents.
+        scores = 2 * 4 * (c.num_heads // layout.logical_ways("act_heads")) * score_elements(self.seq_len)
+        block = (micro_rows * (max(full.layer_rows // 2, full.layer_rows - saved.layer_rows) + scores)
                  + layer * (fsdp - 1) * (4 + compute_bytes))
         # With microbatches the updates reuse the microbatch gradient's buffer.
         update = (grads_one if layout.microbatches == 1 else 0) - activations
