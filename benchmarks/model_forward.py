@@ -11,62 +11,30 @@ tokens/s), unit, and ratio (ours / theirs).
 
 from __future__ import annotations
 
-import argparse
 import json
-import statistics
-import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import torch
-import transformers
 from flax import nnx
+from reference import float32_preset_and_tokens, parse_args, timed, torch_causal_lm, torch_lm_loss
 
 from symtune.models import hf
-from symtune.models.presets import get_preset, param_count
+from symtune.models.presets import param_count
 from symtune.train.lm_objective import token_nll
 
 
-def timed(steps: int, **fns) -> dict[str, float]:
-    """Median seconds per call of each function, calls interleaved, after two warm-up calls each."""
-    for fn in fns.values():
-        fn()
-        fn()
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(steps):
-        for name, fn in fns.items():
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(ts) for name, ts in times.items()}
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--preset", default="pythia-70m")
-    parser.add_argument("--batch", type=int, default=2)
-    parser.add_argument("--seq", type=int, default=512)
-    parser.add_argument("--steps", type=int, default=7)
-    args = parser.parse_args()
-
-    config = get_preset(args.preset).replace(dtype="float32")
-    tokens = np.random.default_rng(0).integers(0, config.vocab_size, (args.batch, args.seq + 1))
+    args = parse_args(__doc__, steps=7)
+    config, tokens = float32_preset_and_tokens(args)
     n_tokens = args.batch * args.seq
 
-    # Theirs: the same architecture built by transformers from the exported config, random weights.
-    fields = hf.config_to_hf(config)
-    theirs_config = transformers.AutoConfig.for_model(fields.pop("model_type"), **fields)
-    torch.manual_seed(0)
-    theirs = transformers.AutoModelForCausalLM.from_config(theirs_config).train()
-    inputs = torch.as_tensor(tokens[:, :-1])
-    labels = torch.as_tensor(tokens[:, 1:])
+    theirs = torch_causal_lm(config)
+    theirs_loss = torch_lm_loss(theirs, tokens)
 
     def torch_step():
         theirs.zero_grad(set_to_none=True)
-        logits = theirs(inputs).logits
-        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1))
-        loss.backward()
+        theirs_loss().backward()
 
     # Ours: jitted value_and_grad over the parameter state.
     model = nnx.eval_shape(lambda: hf.Decoder(config, rngs=nnx.Rngs(0)))

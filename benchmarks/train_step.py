@@ -2,7 +2,8 @@
 `transformers` + PyTorch AdamW loop, in one process on this CPU.
 
 Both sides take full optimizer steps (forward, backward, gradient clipping to 1.0, AdamW) on the
-same float32 model and batch. `mfu` is our analytic training FLOPs per second over a peak measured
+same float32 model and batch; after two warm-up steps each (compilation included) the steps
+alternate between the sides and each reports its median, so other load hits both alike. `mfu` is our analytic training FLOPs per second over a peak measured
 here: a 2048x2048 float32 matmul in JAX. The last line is one JSON object: value (our tokens/s),
 unit, ratio (ours / PyTorch) and mfu.
 
@@ -11,19 +12,16 @@ unit, ratio (ours / PyTorch) and mfu.
 
 from __future__ import annotations
 
-import argparse
 import json
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import torch
-import transformers
+from reference import float32_preset_and_tokens, parse_args, timed, torch_causal_lm, torch_lm_loss
 
-from symtune.models import hf
 from symtune.models.decoder import Decoder
-from symtune.models.presets import flops_per_token, get_preset
+from symtune.models.presets import flops_per_token
 from symtune.train.lm_objective import lm_loss
 from symtune.train.mesh import MeshConfig, logical_rules, make_mesh
 from symtune.train.optim import OptimizerConfig
@@ -32,22 +30,12 @@ from symtune.train.trainer import Trainer, TrainerConfig
 LEARNING_RATE = 1e-4
 
 
-def seconds_per_call(call, steps: int) -> float:
-    """Median seconds per call over `steps` calls, after one warm-up call (compilation)."""
-    call()
-    times = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
-
-
-def matmul_peak(n: int = 2048) -> float:
-    """FLOP/s of an n x n float32 matmul in JAX on this machine."""
+def matmul_peak(n: int = 2048, calls: int = 10) -> float:
+    """FLOP/s of an n x n float32 matmul in JAX on this machine (median of `calls` after a warm-up)."""
     a = jnp.asarray(np.random.default_rng(0).standard_normal((n, n), dtype=np.float32))
     matmul = jax.jit(lambda x: x @ x)
-    return 2 * n**3 / seconds_per_call(lambda: matmul(a).block_until_ready(), 10)
+    seconds = timed(calls, matmul=lambda: matmul(a).block_until_ready())["matmul"]
+    return 2 * n**3 / seconds
 
 
 def lm_batch(tokens: np.ndarray) -> dict[str, np.ndarray]:
@@ -63,31 +51,18 @@ def lm_batch(tokens: np.ndarray) -> dict[str, np.ndarray]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--preset", default="pythia-70m")
-    parser.add_argument("--batch", type=int, default=2)
-    parser.add_argument("--seq", type=int, default=512)
-    parser.add_argument("--steps", type=int, default=5)
-    args = parser.parse_args()
-
-    config = get_preset(args.preset).replace(dtype="float32")
-    tokens = np.random.default_rng(0).integers(0, config.vocab_size, (args.batch, args.seq + 1))
+    args = parse_args(__doc__, steps=5)
+    config, tokens = float32_preset_and_tokens(args)
     n_tokens = args.batch * args.seq
 
-    # Theirs: the same architecture built by transformers from the exported config.
-    fields = hf.config_to_hf(config)
-    theirs_config = transformers.AutoConfig.for_model(fields.pop("model_type"), **fields)
-    torch.manual_seed(0)
-    theirs = transformers.AutoModelForCausalLM.from_config(theirs_config).train()
+    theirs = torch_causal_lm(config)
+    theirs_loss = torch_lm_loss(theirs, tokens)
     adamw = torch.optim.AdamW(theirs.parameters(), lr=LEARNING_RATE, betas=(0.9, 0.95), eps=1e-8,
                               weight_decay=0.0)
-    inputs, labels = torch.as_tensor(tokens[:, :-1]), torch.as_tensor(tokens[:, 1:])
 
     def torch_step():
         adamw.zero_grad(set_to_none=True)
-        logits = theirs(inputs).logits
-        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1))
-        loss.backward()
+        theirs_loss().backward()
         torch.nn.utils.clip_grad_norm_(theirs.parameters(), 1.0)
         adamw.step()
 
@@ -96,7 +71,7 @@ def main() -> None:
     trainer = Trainer(
         lambda rngs: Decoder(config, rngs=rngs), lm_loss,
         mesh=make_mesh(mesh_config, devices=jax.devices()[:1]), rules=logical_rules(mesh_config.rules),
-        config=TrainerConfig(steps=args.steps + 1),
+        config=TrainerConfig(steps=args.steps + 2),
         optimizer=OptimizerConfig(name="adamw", learning_rate=LEARNING_RATE, grad_clip_norm=1.0),
         flops_per_token=flops_per_token(config, args.seq),
     )
@@ -108,13 +83,14 @@ def main() -> None:
         state, metrics = trainer.step(state, batch)
         jax.block_until_ready(metrics["loss"])
 
-    ours_s = seconds_per_call(our_step, args.steps)
-    theirs_s = seconds_per_call(torch_step, args.steps)
+    median = timed(args.steps, ours=our_step, theirs=torch_step)
+    ours_s, theirs_s = median["ours"], median["theirs"]
     peak = matmul_peak()
     ours_tps, theirs_tps = n_tokens / ours_s, n_tokens / theirs_s
     mfu = flops_per_token(config, args.seq) * ours_tps / peak
     print(f"{args.preset} ({trainer.param_count:,} params), batch {args.batch} x {args.seq}, float32, "
           f"AdamW; torch threads {torch.get_num_threads()}; matmul peak {peak / 1e9:.0f} GFLOP/s")
+    print(f"median of {args.steps} interleaved steps per side")
     print(f"ours   (symtune Trainer): {ours_s * 1e3:8.1f} ms/step  {ours_tps:8.1f} tokens/s  MFU {mfu:.1%}")
     print(f"theirs (PyTorch loop):    {theirs_s * 1e3:8.1f} ms/step  {theirs_tps:8.1f} tokens/s")
     print(json.dumps({"name": f"{args.preset}_train_step_seq{args.seq}", "value": round(ours_tps, 1),
