@@ -21,12 +21,12 @@ from symtune.models.decoder import Decoder
 from symtune.models.presets import get_preset
 from symtune.train.checkpoint import Checkpointer
 from symtune.train.mesh import MeshConfig, logical_rules, make_mesh
-from symtune.train.rundir import write_model_spec
+from symtune.train.rundir import ModelSpec, write_model_spec
 
 STEP = 7
 
 
-def make_run_dir(run_dir: Path, vocabulary: str = "default", seed: int = 0) -> Path:
+def make_run_dir(run_dir: Path, vocabulary: str = "default", seed: int = 0, prefix_lm: bool = False) -> Path:
     """A training run directory as `symtune train` leaves it: model.json and one checkpoint step."""
     config = get_preset("test-tiny").replace(vocab_size=get_vocabulary(vocabulary).vocab_size)
     _, params, _ = nnx.split(Decoder(config, rngs=nnx.Rngs(seed)), nnx.Param, ...)
@@ -34,7 +34,7 @@ def make_run_dir(run_dir: Path, vocabulary: str = "default", seed: int = 0) -> P
     checkpointer.save(STEP, {"step": jnp.int32(STEP), "params": nnx.to_pure_dict(params)}, {"start_step": STEP},
                       force=True)
     checkpointer.close()
-    write_model_spec(run_dir, config, vocabulary)
+    write_model_spec(run_dir, ModelSpec(config, vocabulary, prefix_lm))
     return run_dir
 
 
@@ -58,6 +58,7 @@ def test_eval_of_a_run_dir_writes_all_reports_and_resumes(run_dir, data_dir, mon
     summary = read_summary(out)
     assert summary["source"]["step"] == STEP and summary["seeds"] == [0]
     assert summary["config"]["score_eos"] is True and summary["config"]["vocabulary"] == "default"
+    assert summary["config"]["prefix_lm"] is False
     assert set(summary["tasks"]) == {"SUBJ", "list_functions", "simp_turing_concept"}
     assert {s: e["total"] for s, e in summary["tasks"]["SUBJ"].items()} == {"symbols": 2, "flipped": 2}
     saved = json.loads((out / "results" / "list_functions.exact_match.json").read_text())
@@ -69,6 +70,23 @@ def test_eval_of_a_run_dir_writes_all_reports_and_resumes(run_dir, data_dir, mon
     monkeypatch.setattr("symtune.eval.runner.greedy_decode", None)
     evaluate(quick_config(data_dir), checkpoint=str(run_dir / "checkpoints" / str(STEP)))
     assert read_summary(out)["tasks"] == summary["tasks"]
+
+
+def test_a_prefix_lm_run_is_scored_with_prefix_attention_unless_overridden(data_dir, tmp_path, monkeypatch):
+    from symtune.eval import runner
+
+    calls = []
+    score = runner.score_continuations
+    monkeypatch.setattr(runner, "score_continuations",
+                        lambda *a, **kw: calls.append(kw["prefix_lm"]) or score(*a, **kw))
+    run = make_run_dir(tmp_path / "run", prefix_lm=True)
+    prefix = read_summary(evaluate(quick_config(data_dir, tasks=("SUBJ",), settings=("symbols",)),
+                                   checkpoint=str(run), out=str(tmp_path / "a")))
+    assert prefix["config"]["prefix_lm"] is True and calls and all(calls)
+    calls.clear()
+    causal = read_summary(evaluate(quick_config(data_dir, tasks=("SUBJ",), settings=("symbols",), prefix_lm=False),
+                                   checkpoint=str(run), out=str(tmp_path / "b")))
+    assert causal["config"]["prefix_lm"] is False and calls and not any(calls)
 
 
 def test_sharded_eval_scores_like_replicated_eval(run_dir, data_dir, tmp_path):
@@ -84,7 +102,8 @@ def test_periodic_hook_returns_accuracies_every_n_steps(run_dir, data_dir):
     mesh = make_mesh(MeshConfig())
     context = lambda: on_mesh(mesh, logical_rules("dp"))  # noqa: E731
     with context():
-        model, _, vocabulary = restore_decoder(find_checkpoint(run_dir), mesh)
+        model, spec = restore_decoder(find_checkpoint(run_dir), mesh)
+    vocabulary = spec.vocabulary
     trainer = SimpleNamespace(model=lambda state: state, context=context)  # the two things a hook uses
     hook = periodic_eval_hook(get_vocabulary(vocabulary), max_length=512, config=PeriodicEvalConfig(
         every_steps=5, tasks=("TC", "OR"), settings=("natural", "symbols"), max_examples=2))

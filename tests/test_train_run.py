@@ -44,7 +44,7 @@ def gin_clean():
 
 def trained_params(run_dir) -> dict[str, np.ndarray]:
     """The params of a run's newest checkpoint as numpy, by path."""
-    config, _ = read_model_spec(run_dir)
+    config = read_model_spec(run_dir).config
     device = NamedSharding(make_mesh(MeshConfig(data=8)), P())
     model = nnx.eval_shape(lambda: Decoder(config, rngs=nnx.Rngs(0)))
     abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
@@ -63,8 +63,8 @@ def test_tiny_model_learns_the_real_mixture_and_writes_its_run_dir(tmp_path, dat
     assert summary["last_step"] == 20 and summary["parameters"] > 0
     assert json.loads((tmp_path / "run.json").read_text())["last_step"] == 20
     assert "TrainData.seq_len = 128" in (tmp_path / "config.gin").read_text()
-    config, vocabulary = read_model_spec(tmp_path)
-    assert vocabulary == "default" and config.vocab_size == 4096 and config.num_layers == 2
+    config, vocabulary, prefix_lm = read_model_spec(tmp_path)
+    assert vocabulary == "default" and config.vocab_size == 4096 and config.num_layers == 2 and not prefix_lm
     assert latest_checkpoint(tmp_path).name == "20"
     out = capsys.readouterr().out
     assert "mesh: replica=1 x data=8" in out and "per-device memory (XLA)" in out

@@ -59,7 +59,8 @@ def evaluate(config: EvalConfig, *, checkpoint: str | None = None, hf_model: str
     with context():
         if checkpoint is not None:
             step = find_checkpoint(checkpoint)
-            model, _, vocabulary = restore_decoder(step, mesh, **overrides)
+            model, run_spec = restore_decoder(step, mesh, **overrides)
+            vocabulary, trained_prefix_lm = run_spec.vocabulary, run_spec.prefix_lm
             source = {"checkpoint": str(step.step_dir), "step": step.step}
             out_dir, name, ours = Path(out or step.run_dir / "eval"), step.run_dir.name, True
         else:
@@ -67,7 +68,7 @@ def evaluate(config: EvalConfig, *, checkpoint: str | None = None, hf_model: str
                 raise UserError("--hf_model needs --out, the directory for the reports")
             model_dir = Path(hf_model).resolve()
             model = load_hf(model_dir, **overrides)
-            vocabulary = vocabulary_of(model_dir)
+            vocabulary, trained_prefix_lm = vocabulary_of(model_dir), False
             source = {"hf_model": str(model_dir)}
             out_dir, name, ours = Path(out), model_dir.name, False
     spec = config.vocabulary or vocabulary
@@ -78,7 +79,8 @@ def evaluate(config: EvalConfig, *, checkpoint: str | None = None, hf_model: str
         raise UserError(f"the vocabulary {spec} has {vocab.vocab_size} ids but the model only "
                         f"{model.config.vocab_size}; set EvalConfig.vocabulary to the model's tokenizer")
     config = dataclasses.replace(config, vocabulary=spec,
-                                 score_eos=ours if config.score_eos is None else config.score_eos)
+                                 score_eos=ours if config.score_eos is None else config.score_eos,
+                                 prefix_lm=trained_prefix_lm if config.prefix_lm is None else config.prefix_lm)
     lm = DecoderModel(model, vocab, context, max_length=config.max_length,
                       max_decode_tokens=config.max_decode_tokens, batch_size=config.batch_size,
                       score_eos=config.score_eos, prefix_lm=config.prefix_lm)

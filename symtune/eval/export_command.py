@@ -47,11 +47,11 @@ def export(checkpoint: str, out: str | Path, hf_dtype: str = "float32") -> Path:
     mesh_config = MeshConfig()
     mesh = make_mesh(mesh_config)
     with on_mesh(mesh, logical_rules(mesh_config.rules)):
-        model, config, vocabulary = restore_decoder(step, mesh)
-    hf_dir = export_hf(config, model, out / "hf", dtype=hf_dtype)
-    tokenizer = write_tokenizer_files(vocabulary, hf_dir)
+        model, spec = restore_decoder(step, mesh)
+    hf_dir = export_hf(spec.config, model, out / "hf", dtype=hf_dtype)
+    tokenizer = write_tokenizer_files(spec.vocabulary, hf_dir)
     export_params(nnx.state(model, nnx.Param), out / "params")
-    write_model_spec(out, config, vocabulary)
+    write_model_spec(out, spec)
     print(f"exported step {step.step} of {step.run_dir}:\n  {hf_dir} (safetensors {hf_dtype}, tokenizer: "
           f"{', '.join(tokenizer) or 'none'})\n  {out / 'params'} (orbax, bfloat16)\n  {out / 'model.json'}")
     return out

@@ -16,10 +16,9 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 
 from symtune.errors import UserError
-from symtune.models.config import DecoderConfig
 from symtune.models.decoder import Decoder
 from symtune.train.checkpoint import CHECKPOINT_DIR, is_complete_step, restore_params
-from symtune.train.rundir import MODEL_FILE, latest_checkpoint, read_model_spec, run_path
+from symtune.train.rundir import MODEL_FILE, ModelSpec, latest_checkpoint, read_model_spec, run_path
 
 
 @dataclass(frozen=True)
@@ -48,14 +47,15 @@ def find_checkpoint(path: str | Path) -> RunCheckpoint:
 
 
 def restore_decoder(checkpoint: RunCheckpoint, mesh: Mesh,
-                    **overrides: Any) -> tuple[Decoder, DecoderConfig, str]:
-    """(Decoder holding the step's params, placed by the active logical rules; config; vocabulary spec).
+                    **overrides: Any) -> tuple[Decoder, ModelSpec]:
+    """(Decoder holding the step's params, placed by the active logical rules; the run's ModelSpec).
 
     `overrides` replace config fields that do not change the params (e.g. dtype="float32"). Call
     inside `jax.set_mesh(mesh)` and `nnx.logical_axis_rules(rules)`.
     """
-    config, vocabulary = read_model_spec(checkpoint.run_dir)
-    config = config.replace(**overrides)
+    spec = read_model_spec(checkpoint.run_dir)
+    spec = spec._replace(config=spec.config.replace(**overrides))
+    config = spec.config
     abstract = nnx.eval_shape(lambda: Decoder(config, rngs=nnx.Rngs(0)))
     graphdef, params, rest = nnx.split(abstract, nnx.Param, ...)
     # The train state holds params as a pure dict (see symtune.train.trainer).
@@ -63,4 +63,4 @@ def restore_decoder(checkpoint: RunCheckpoint, mesh: Mesh,
         lambda x, spec: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=NamedSharding(mesh, spec)),
         nnx.to_pure_dict(params), nnx.to_pure_dict(nnx.get_partition_spec(params)))
     restored = restore_params(checkpoint.step_dir, target)
-    return nnx.merge(graphdef, restored, rest), config, vocabulary
+    return nnx.merge(graphdef, restored, rest), spec

@@ -43,7 +43,7 @@ class EvalConfig:
     max_decode_tokens: int = 32  # BIG-bench answers
     batch_size: int = 16
     score_eos: bool | None = None  # end candidates with EOS (None: yes for our checkpoints)
-    prefix_lm: bool = False  # bidirectional attention over the prompt (PrefixLM-trained models)
+    prefix_lm: bool | None = None  # bidirectional attention over the prompt (None: as the run trained; HF: no)
     dtype: str | None = None  # compute dtype (None: the model's; float32 is faster on CPU)
     vocabulary: str | None = None  # None: the run's, or the HF directory's tokenizer
     model_name: str | None = None  # the row name in reports (None: the directory name)

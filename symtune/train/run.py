@@ -130,7 +130,7 @@ def train(run: RunConfig, hooks: Sequence[Callable] = ()) -> dict:
     from symtune.train.loop import train_loop
     from symtune.train.mesh import MeshConfig, describe_mesh, logical_rules, make_mesh
     from symtune.train.optim import OptimizerConfig
-    from symtune.train.rundir import run_path, write_model_spec
+    from symtune.train.rundir import ModelSpec, run_path, write_model_spec
     from symtune.train.trainer import Trainer, TrainerConfig
 
     distributed.initialize()
@@ -168,7 +168,7 @@ def train(run: RunConfig, hooks: Sequence[Callable] = ()) -> dict:
         "datasets_missing": batches.missing,
     }
     if is_chief:
-        write_model_spec(run_dir, model_config, vocab_spec)
+        write_model_spec(run_dir, ModelSpec(model_config, vocab_spec, run.bidirectional_prefix))
         (run_dir / "config.gin").write_text(gin.operative_config_str())
         print(f"mesh: {describe_mesh(mesh)} (rules {mesh_config.rules})")
         print(f"model: {trainer.param_count:,} parameters, {model_config.num_layers} layers, "

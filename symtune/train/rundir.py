@@ -1,7 +1,8 @@
 """What a `symtune train` run directory holds, and how later stages (eval, export) read it back.
 
 RUN_DIR/
-  model.json          the DecoderConfig and the vocabulary spec the run trained with
+  model.json          the DecoderConfig, the vocabulary spec and the prompt attention the run
+                      trained with (`ModelSpec`)
   config.gin          the operative gin config
   run.json            the run summary (mesh, parameter count, memory, metric history)
   checkpoints/<step>/ orbax checkpoints of the train state (see symtune.train.checkpoint)
@@ -15,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from etils import epath
 
@@ -31,22 +32,32 @@ def run_path(run_dir: str | epath.PathLike) -> epath.Path:
     return path if "://" in str(run_dir) else path.resolve()
 
 
-def write_model_spec(run_dir: str | Path, config: DecoderConfig, vocabulary: str) -> epath.Path:
-    """Records the model config and vocabulary spec (`default`, `byte`, `spm:PATH`, `hf:PATH`)."""
+class ModelSpec(NamedTuple):
+    """What later stages need to rebuild and prompt a run's model."""
+
+    config: DecoderConfig
+    vocabulary: str  # `default`, `byte`, `spm:PATH` or `hf:PATH`
+    prefix_lm: bool = False  # trained with bidirectional attention over the inputs (PrefixLM)
+
+
+def write_model_spec(run_dir: str | Path, spec: ModelSpec) -> epath.Path:
+    """Writes RUN_DIR/model.json."""
     path = run_path(run_dir) / MODEL_FILE
-    spec = {"config": dataclasses.asdict(config), "vocabulary": vocabulary}
-    path.write_text(json.dumps(spec, indent=2) + "\n")
+    fields = {"config": dataclasses.asdict(spec.config), "vocabulary": spec.vocabulary,
+              "prefix_lm": spec.prefix_lm}
+    path.write_text(json.dumps(fields, indent=2) + "\n")
     return path
 
 
-def read_model_spec(run_dir: str | Path) -> tuple[DecoderConfig, str]:
-    """(DecoderConfig, vocabulary spec) of a training run directory."""
+def read_model_spec(run_dir: str | Path) -> ModelSpec:
+    """The ModelSpec of a training run (or export) directory."""
     path = run_path(run_dir) / MODEL_FILE
     if not path.is_file():
         raise UserError(f"{run_dir} is not a training run directory (no {MODEL_FILE}); pass the "
                         "--run_dir of a `symtune train` run")
-    spec: dict[str, Any] = json.loads(path.read_text())
-    return DecoderConfig(**spec["config"]), spec["vocabulary"]
+    fields: dict[str, Any] = json.loads(path.read_text())
+    # Runs written before prefix_lm was recorded were all causal.
+    return ModelSpec(DecoderConfig(**fields["config"]), fields["vocabulary"], fields.get("prefix_lm", False))
 
 
 def latest_checkpoint(run_dir: str | Path) -> epath.Path:
