@@ -74,6 +74,17 @@ def test_greedy_with_cache_matches_recomputing_ragged_prompts(model):
         assert list(row) == naive_greedy(model, prompt, 6)
 
 
+def test_greedy_pads_prompts_to_a_length_multiple_and_compiles_once_per_bucket(model):
+    from symtune.models.decode import _greedy
+
+    exact = greedy_decode(model, PROMPTS, max_new_tokens=5, length_multiple=1).tokens
+    np.testing.assert_array_equal(greedy_decode(model, PROMPTS, max_new_tokens=5, length_multiple=32).tokens, exact)
+    before = _greedy._cache_size()
+    for pair in ([PROMPTS[0], PROMPTS[1]], [PROMPTS[2], [8] * 30], [[4] * 13, [8] * 20]):  # 4, 30, 20 tokens
+        greedy_decode(model, pair, max_new_tokens=5, length_multiple=32)
+    assert _greedy._cache_size() - before == 1
+
+
 def test_greedy_stops_at_stop_sequence_and_eos(model):
     free = greedy_decode(model, [PROMPTS[0]], max_new_tokens=8).tokens[0]
     stopped = greedy_decode(model, [PROMPTS[0]], max_new_tokens=8, stop_sequences=[list(free[2:4])], pad_id=-1)

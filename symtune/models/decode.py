@@ -178,8 +178,13 @@ def greedy_decode(
     stop_sequences: Sequence[Tokens] = (),
     eos_id: int | None = None,
     pad_id: int = 0,
+    length_multiple: int = 64,
 ) -> Decoded:
-    """Greedy continuation of each prompt (ragged prompts are left-padded) with a KV cache."""
+    """Greedy continuation of each prompt with a KV cache.
+
+    Prompts are left-padded to a multiple of `length_multiple` tokens, so prompts of similar
+    lengths share one compiled program.
+    """
     if max_new_tokens <= 0:
         raise UserError(f"max_new_tokens must be positive (got {max_new_tokens})")
     prompts = [list(map(int, p)) for p in prompt_tokens]
@@ -190,12 +195,13 @@ def greedy_decode(
         raise UserError(f"prompt ({longest}) + max_new_tokens ({max_new_tokens}) exceeds the model's "
                         f"{model.config.max_positions} positions")
     batch = _round_up(len(prompts), _batch_multiple())
-    tokens = np.full((batch, longest), pad_id, np.int32)
-    mask = np.zeros((batch, longest), bool)
+    width = _round_up(longest, length_multiple)  # padding takes no positions: only cache slots
+    tokens = np.full((batch, width), pad_id, np.int32)
+    mask = np.zeros((batch, width), bool)
     for r in range(batch):
         prompt = prompts[r % len(prompts)]  # extra rows only fill the mesh
-        tokens[r, longest - len(prompt):] = prompt
-        mask[r, longest - len(prompt):] = True
+        tokens[r, width - len(prompt):] = prompt
+        mask[r, width - len(prompt):] = True
     positions = np.maximum(np.cumsum(mask, axis=1) - 1, 0).astype(np.int32)
     stops = tuple(tuple(map(int, s)) for s in stop_sequences if len(s))
     graphdef, state = nnx.split(model)
