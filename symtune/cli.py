@@ -60,7 +60,7 @@ def build_top_parser(prog: str, description: str, commands: Sequence[Command]) -
 def run_cli(prog: str, description: str, commands: Sequence[Command], argv: Sequence[str] | None) -> int:
     """Parses argv, applies gin, runs the command; user mistakes are one line on stderr, exit 2."""
     from symtune.config import parse_gin, print_config, split_gin_overrides
-    from symtune.hostenv import quiet_tensorflow
+    from symtune.hostenv import HostConfig, apply_host_config, quiet_tensorflow
 
     quiet_tensorflow()  # before any command module imports TensorFlow
 
@@ -86,6 +86,7 @@ def run_cli(prog: str, description: str, commands: Sequence[Command], argv: Sequ
             print_config()
         elif bindings:
             raise UserError(f"`{prog} {command.name}` takes no gin configuration")
+        apply_host_config(HostConfig())
         return int(module.run(args) or 0)
     except UserError as e:
         # First line only: gin appends "In call to configurable ..." to errors raised in configurables.

@@ -2,16 +2,29 @@
 
 import os
 import sys
+from dataclasses import dataclass
+
+import gin
 
 # Set by the local multi-process launcher: each process's simulated device count, which wins
 # over a config's own (a config written for one process would otherwise claim all of them).
 ENV_CPU_DEVICES = "SYMTUNE_CPU_DEVICES"
 
 
-def cpu_devices_to_simulate(configured: int | None) -> int | None:
-    """$SYMTUNE_CPU_DEVICES if set, else the configured count (None: leave JAX's default)."""
+@gin.configurable
+@dataclass(frozen=True)
+class HostConfig:
+    """How this process sets up its host before a command starts JAX (every command reads it)."""
+
+    cpu_devices: int | None = None  # simulate this many CPU devices (tests, laptops; $SYMTUNE_CPU_DEVICES wins)
+
+
+def apply_host_config(config: HostConfig) -> None:
+    """Simulates $SYMTUNE_CPU_DEVICES if set, else `config.cpu_devices` CPU devices (None: JAX's default)."""
     env = os.environ.get(ENV_CPU_DEVICES)
-    return int(env) if env else configured
+    count = int(env) if env else config.cpu_devices
+    if count:
+        simulate_cpu_devices(count)
 
 
 def simulate_cpu_devices(count: int) -> None:

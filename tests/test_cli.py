@@ -1,5 +1,6 @@
 """The CLI front door: help, gin handling, and one-line errors with exit code 2."""
 
+import os
 import subprocess
 import sys
 
@@ -70,3 +71,31 @@ def test_gin_file_resolves_under_configs_and_overrides_apply(tmp_path, monkeypat
     parse_gin(["a.gin"], ["demo.run_dir = 'from_override'"])
     assert gin.query_parameter("demo.run_dir") == "from_override"
     assert CONFIGS_DIR.name == "configs"
+
+
+DEVICES_COMMAND = """
+import jax
+
+USES_GIN = True
+
+
+def add_arguments(parser):
+    pass
+
+
+def run(args):
+    print("devices", jax.device_count())
+"""
+
+
+@pytest.mark.parametrize("env, expected", [({}, 3), ({"SYMTUNE_CPU_DEVICES": "2"}, 2)])
+def test_every_command_simulates_host_config_cpu_devices_and_the_launcher_env_wins(tmp_path, env, expected):
+    (tmp_path / "devices_command.py").write_text(DEVICES_COMMAND)
+    script = ("import sys; from symtune.cli import Command, run_cli; "
+              "sys.exit(run_cli('x', 'x', [Command('devices', 'devices_command', '')], sys.argv[1:]))")
+    clean = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "SYMTUNE_CPU_DEVICES")}
+    proc = subprocess.run([sys.executable, "-c", script, "devices", "--gin.HostConfig.cpu_devices=3"],
+                          env={**clean, **env, "PYTHONPATH": str(tmp_path)}, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert f"devices {expected}" in proc.stdout

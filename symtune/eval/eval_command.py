@@ -28,11 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from symtune.hostenv import simulate_cpu_devices
-
     config = EvalConfig()
-    if config.cpu_devices:
-        simulate_cpu_devices(config.cpu_devices)
     evaluate(config, checkpoint=args.checkpoint, hf_model=args.hf_model, out=args.out)
     return 0
 

@@ -47,7 +47,6 @@ class EvalConfig:
     dtype: str | None = None  # compute dtype (None: the model's; float32 is faster on CPU)
     vocabulary: str | None = None  # None: the run's, or the HF directory's tokenizer
     model_name: str | None = None  # the row name in reports (None: the directory name)
-    cpu_devices: int | None = None  # simulate this many CPU devices
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
 
     def __post_init__(self):
@@ -71,7 +70,7 @@ class EvalConfig:
 
     def scoring_fields(self) -> dict:
         """The fields a unit's result depends on (what makes a saved result reusable)."""
-        skip = {"tasks", "settings", "batch_size", "model_name", "cpu_devices", "data"}
+        skip = {"tasks", "settings", "batch_size", "model_name", "data"}
         return {k: v for k, v in dataclasses.asdict(self).items() if k not in skip}
 
 

@@ -4,7 +4,7 @@
 
 Each process gets SYMTUNE_COORDINATOR / SYMTUNE_NUM_PROCESSES / SYMTUNE_PROCESS_ID (which
 `symtune.train.distributed.initialize` reads) and its own `--devices` simulated CPU devices
-(SYMTUNE_CPU_DEVICES, which wins over RunConfig.cpu_devices, and XLA_FLAGS). Output
+(SYMTUNE_CPU_DEVICES, which wins over HostConfig.cpu_devices, and XLA_FLAGS). Output
 lines are prefixed with the process id. If one process fails, the others are stopped; SIGTERM
 and Ctrl-C are passed on to all of them (so a preemption test behaves like a pod's).
 """

@@ -43,8 +43,6 @@ class RunConfig:
     # RUN_DIR/checkpoints/<step>: the initial parameters of a fresh run.
     warm_start: str | None = None
     bidirectional_prefix: bool = False  # PrefixLM attention over the inputs (causal otherwise)
-    # Simulate this many CPU devices (tests, laptops); $SYMTUNE_CPU_DEVICES overrides it.
-    cpu_devices: int | None = None
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -219,13 +217,8 @@ def train(run: RunConfig, hooks: Sequence[Callable] = ()) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    from symtune.hostenv import cpu_devices_to_simulate, simulate_cpu_devices
-
     config = RunConfig()
     if args.run_dir:
         config = dataclasses.replace(config, run_dir=args.run_dir)
-    devices = cpu_devices_to_simulate(config.cpu_devices)
-    if devices:
-        simulate_cpu_devices(devices)
     train(config)
     return 0
