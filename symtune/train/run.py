@@ -112,6 +112,26 @@ def warm_start_params(path: str, abstract_params: Any) -> Any:
     return jax.tree_util.tree_map_with_path(place, abstract_params)
 
 
+def initial_state(run: RunConfig, trainer, checkpointer, seed: int, *, verbose: bool) -> tuple[dict, int]:
+    """(train state, first step): the newest checkpoint's, else a fresh (or warm-started) state at 0."""
+    latest = checkpointer.latest_step()
+    if latest is None:
+        state = trainer.init_state()
+        if run.warm_start:
+            state["params"] = warm_start_params(run.warm_start, trainer.abstract_state["params"])
+            if verbose:
+                print(f"warm start from {run.warm_start}")
+        return state, 0
+    state, data_state = checkpointer.restore(latest, trainer.abstract_state)
+    if data_state.get("seed", seed) != seed:
+        raise UserError(f"{run.run_dir} was trained with TrainData.seed={data_state['seed']}, not "
+                        f"{seed}; use the same seed or a new run_dir")
+    start = int(data_state["start_step"])
+    if verbose:
+        print(f"resuming from step {start} in {checkpointer.directory}")
+    return state, start
+
+
 def train(run: RunConfig, hooks: Sequence[Callable] = ()) -> dict:
     """Runs (or resumes) training and returns the run summary."""
     import jax
@@ -178,22 +198,7 @@ def train(run: RunConfig, hooks: Sequence[Callable] = ()) -> dict:
 
     checkpointer = Checkpointer(run_dir, CheckpointConfig())
     checkpointer.install_preemption_handler()
-    latest = checkpointer.latest_step()
-    if latest is not None:
-        state, data_state = checkpointer.restore(latest, trainer.abstract_state)
-        start = int(data_state["start_step"])
-        if data_state.get("seed", data.seed) != data.seed:
-            raise UserError(f"{run_dir} was trained with TrainData.seed={data_state['seed']}, not "
-                            f"{data.seed}; use the same seed or a new run_dir")
-        if is_chief:
-            print(f"resuming from step {start} in {checkpointer.directory}")
-    else:
-        state, start = trainer.init_state(), 0
-        if run.warm_start:
-            state["params"] = warm_start_params(run.warm_start, trainer.abstract_state["params"])
-            if is_chief:
-                print(f"warm start from {run.warm_start}")
-
+    state, start = initial_state(run, trainer, checkpointer, data.seed, verbose=is_chief)
     batches.step = start
     eval_hook = periodic_eval_hook(vocabulary, max_length=data.seq_len, prefix_lm=run.bidirectional_prefix)
     writer = metric_writers.create_default_writer(str(run_dir / "tensorboard"), just_logging=not is_chief)
