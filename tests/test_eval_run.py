@@ -54,7 +54,7 @@ def test_eval_of_a_run_dir_writes_all_reports_and_resumes(run_dir, data_dir, mon
     out = evaluate(quick_config(data_dir), checkpoint=str(run_dir))
     assert out == run_dir / "eval"
     for name in REPORT_FILES:
-        assert (out / name).stat().st_size > 0
+        assert Path(out, name).stat().st_size > 0
     summary = read_summary(out)
     assert summary["source"]["step"] == STEP and summary["seeds"] == [0]
     assert summary["config"]["score_eos"] is True and summary["config"]["vocabulary"] == "default"

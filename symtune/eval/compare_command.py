@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 USES_GIN = False
 
@@ -15,13 +14,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from etils import epath
+
     from symtune.eval.report import compare_markdown, plot_averages, read_summary
 
     base, new = read_summary(args.base), read_summary(args.new)
     text = compare_markdown(base, new)
     print(text)
     if args.out:
-        out = Path(args.out)
+        out = epath.Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         (out / "compare.md").write_text(text)
         print(f"written: {out / 'compare.md'}, {plot_averages([base, new], out / 'compare.png')}")

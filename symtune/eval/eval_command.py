@@ -11,6 +11,8 @@ import argparse
 import dataclasses
 from pathlib import Path
 
+from etils import epath
+
 from symtune.errors import UserError
 from symtune.eval.suite import EvalConfig
 from symtune.train.mesh import MeshConfig
@@ -34,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def evaluate(config: EvalConfig, *, checkpoint: str | None = None, hf_model: str | None = None,
-             out: str | None = None, mesh_config: MeshConfig | None = None) -> Path:
+             out: str | None = None, mesh_config: MeshConfig | None = None) -> epath.Path:
     """Loads the model on the mesh (default: gin's MeshConfig), runs (or resumes) the suite, writes
     the reports; returns the output dir."""
     import jax
@@ -47,6 +49,7 @@ def evaluate(config: EvalConfig, *, checkpoint: str | None = None, hf_model: str
     from symtune.eval.tokenizer_files import vocabulary_of
     from symtune.models.hf import load_hf
     from symtune.train.mesh import describe_mesh, logical_rules, make_mesh
+    from symtune.train.rundir import run_path
 
     mesh_config = mesh_config or MeshConfig()
     mesh = make_mesh(mesh_config)
@@ -58,7 +61,7 @@ def evaluate(config: EvalConfig, *, checkpoint: str | None = None, hf_model: str
             model, run_spec = restore_decoder(step, mesh, **overrides)
             vocabulary, trained_prefix_lm = run_spec.vocabulary, run_spec.prefix_lm
             source = {"checkpoint": str(step.step_dir), "step": step.step}
-            out_dir, name, ours = Path(out or step.run_dir / "eval"), step.run_dir.name, True
+            out_dir, name, ours = run_path(out) if out else step.run_dir / "eval", step.run_dir.name, True
         else:
             if out is None:
                 raise UserError("--hf_model needs --out, the directory for the reports")
@@ -66,7 +69,7 @@ def evaluate(config: EvalConfig, *, checkpoint: str | None = None, hf_model: str
             model = load_hf(model_dir, **overrides)
             vocabulary, trained_prefix_lm = vocabulary_of(model_dir), False
             source = {"hf_model": str(model_dir)}
-            out_dir, name, ours = Path(out), model_dir.name, False
+            out_dir, name, ours = run_path(out), model_dir.name, False
     spec = config.vocabulary or vocabulary
     if spec is None:
         raise UserError(f"{hf_model} has no tokenizer files; set --gin.EvalConfig.vocabulary=\"'hf:DIR'\"")

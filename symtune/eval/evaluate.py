@@ -9,11 +9,11 @@ first process writes.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import jax
+from etils import epath
 from tqdm.auto import tqdm
 
 from symtune.data.evalsets import EvalExample
@@ -45,25 +45,26 @@ def score_unit(model: LanguageModel, unit: Unit, config: EvalConfig,
             "accuracy": 100.0 * correct / total if total else None, "seeds": seeds}
 
 
-def write_json(path: Path, value: Any) -> None:
-    """Writes JSON atomically (a crash leaves the old file or none, never half of one)."""
+def write_json(path: epath.PathLike, value: Any) -> None:
+    """Writes JSON atomically on local disks (a crash leaves the old file or none, never half of one)."""
+    path = epath.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(value, indent=1) + "\n")
-    os.replace(tmp, path)
+    tmp.replace(path)
 
 
-def _saved(path: Path, fingerprint: Mapping[str, Any]) -> UnitResult | None:
+def _saved(path: epath.Path, fingerprint: Mapping[str, Any]) -> UnitResult | None:
     if not path.is_file():
         return None
     result = json.loads(path.read_text())
     return result if result.get("fingerprint") == fingerprint else None
 
 
-def run_suite(model: LanguageModel, config: EvalConfig, out_dir: str | Path,
+def run_suite(model: LanguageModel, config: EvalConfig, out_dir: epath.PathLike,
               source: Mapping[str, Any]) -> dict[str, UnitResult]:
     """Every unit's result by unit name, scoring only those not saved under this fingerprint."""
-    results_dir = Path(out_dir) / RESULTS_DIR
+    results_dir = epath.Path(out_dir) / RESULTS_DIR
     fingerprint = json.loads(json.dumps({"source": source, "config": config.scoring_fields()}))
     results = {u.name: _saved(results_dir / f"{u.name}.json", fingerprint) for u in units(config)}
     todo = [u for u in units(config) if results[u.name] is None]

@@ -9,10 +9,10 @@ over all 11 held-out tasks), 50 for flipped labels.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
+from etils import epath
 
 from symtune.data.bigbench import BIGBENCH_TASKS
 from symtune.data.catalog import get_spec
@@ -157,7 +157,7 @@ def compare_markdown(base: Summary, new: Summary) -> str:
                       *task_table(new, base), ""])
 
 
-def plot_averages(summaries: Sequence[Summary], path: Path) -> Path:
+def plot_averages(summaries: Sequence[Summary], path: epath.Path) -> epath.Path:
     """Grouped bars: one group per setting, one bar per model, chance marked."""
     import matplotlib
     matplotlib.use("Agg")
@@ -177,12 +177,13 @@ def plot_averages(summaries: Sequence[Summary], path: Path) -> Path:
     ax.set_ylim(0, 100)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    with path.open("wb") as f:  # epath: also on a bucket
+        fig.savefig(f, format="png", dpi=120)
     plt.close(fig)
     return path
 
 
-def plot_tasks(summary: Summary, path: Path) -> Path:
+def plot_tasks(summary: Summary, path: epath.Path) -> epath.Path:
     """Grouped bars: one group per task, one bar per setting."""
     import matplotlib
     matplotlib.use("Agg")
@@ -203,23 +204,24 @@ def plot_tasks(summary: Summary, path: Path) -> Path:
     ax.set_title(summary["model"])
     ax.legend(fontsize=6)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    with path.open("wb") as f:  # epath: also on a bucket
+        fig.savefig(f, format="png", dpi=120)
     plt.close(fig)
     return path
 
 
-def write_reports(summary: Summary, out_dir: str | Path) -> list[Path]:
-    """eval.json, eval.md and the two charts in `out_dir`."""
-    out = Path(out_dir)
+def write_reports(summary: Summary, out_dir: epath.PathLike) -> list[epath.Path]:
+    """eval.json, eval.md and the two charts in `out_dir` (local or a bucket)."""
+    out = epath.Path(out_dir)
     json_path, md_path, averages_png, tasks_png = (out / name for name in REPORT_FILES)
     write_json(json_path, summary)
     md_path.write_text(markdown(summary))
     return [json_path, md_path, plot_averages([summary], averages_png), plot_tasks(summary, tasks_png)]
 
 
-def read_summary(path: str | Path) -> Summary:
-    """An eval.json, given as the file or the directory holding it."""
-    path = Path(path)
+def read_summary(path: epath.PathLike) -> Summary:
+    """An eval.json, given as the file or the directory holding it (local or a bucket)."""
+    path = epath.Path(path)
     file = path / REPORT_FILES[0] if path.is_dir() else path
     if not file.is_file():
         raise UserError(f"no {REPORT_FILES[0]} at {path}; run `symtune eval` first or pass its output dir")
