@@ -3,7 +3,8 @@ architecture as a `transformers` GPT2Model training step in PyTorch, in one proc
 
 Both sides: 12 layers, 8 heads, width 256, float32, batch 32 sequences of 258 (x, y) examples
 (516 tokens), binary cross-entropy at the x positions, Adam at 1e-4, no dropout. Ours samples its
-sequences on device inside the step (as in training); PyTorch gets them precomputed. The last line
+sequences on device inside the step (as in training); PyTorch gets them precomputed. After two
+warm-up steps each, steps alternate between the sides (medians reported). The last line
 printed is one JSON object: `value` = our seconds per step, `ratio` = PyTorch time / ours
 (> 1: ours is faster). Target: ratio >= 1.0.
 """
@@ -13,14 +14,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
-import time
+
+from reference import timed
 
 BATCH, EXAMPLES = 32, 258
 TARGET = 1.0
 
 
-def time_ours(steps: int) -> float:
+def ours_step(steps: int):
+    """A function taking one training step of our head (compiled and warmed up before timing)."""
     import jax
 
     from symtune.train.mesh import MeshConfig
@@ -32,22 +34,21 @@ def time_ours(steps: int) -> float:
 
     synthetic = SyntheticConfig(dims_start=16, examples_start=EXAMPLES)
     trainer = build_trainer(head_config("tart-paper"), synthetic, EXAMPLES, MeshConfig(),
-                            TrainerConfig(steps=steps + 1),
+                            TrainerConfig(steps=steps + 2),
                             OptimizerConfig(learning_rate=1e-4, b2=0.999, grad_clip_norm=None))
     state = trainer.init_state()
     batches = step_batches(BATCH, 0)
-    state, metrics = trainer.step(state, trainer.global_batch(next(batches)))  # compile + warm-up
-    jax.block_until_ready(metrics)
-    times = []
-    for _ in range(steps):
-        start = time.perf_counter()
+
+    def step():
+        nonlocal state
         state, metrics = trainer.step(state, trainer.global_batch(next(batches)))
         jax.block_until_ready((state, metrics))
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+
+    return step
 
 
-def time_torch(steps: int) -> float:
+def torch_step():
+    """A function taking one training step of the same architecture in PyTorch."""
     import torch
     from transformers import GPT2Config, GPT2Model
 
@@ -69,24 +70,18 @@ def time_torch(steps: int) -> float:
         torch.nn.functional.binary_cross_entropy_with_logits(logits, ys).backward()
         optimizer.step()
 
-    step()  # warm-up
-    times = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return step
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=3, help="timed steps after one warm-up (median)")
+    parser.add_argument("--steps", type=int, default=3, help="timed steps per side after two warm-ups (median)")
     args = parser.parse_args()
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
-    ours = time_ours(args.steps)
-    theirs = time_torch(args.steps)
-    print(f"tart-paper head, batch {BATCH} x {EXAMPLES} examples: ours {ours:.2f}s/step, "
-          f"PyTorch GPT2Model {theirs:.2f}s/step")
+    median = timed(args.steps, ours=ours_step(args.steps), theirs=torch_step())
+    ours, theirs = median["ours"], median["theirs"]
+    print(f"tart-paper head, batch {BATCH} x {EXAMPLES} examples, median of {args.steps} interleaved "
+          f"steps per side: ours {ours:.2f}s/step, PyTorch GPT2Model {theirs:.2f}s/step")
     print(json.dumps({
         "benchmark": "tart_step", "value": round(ours, 3), "unit": "s/step",
         "ratio": round(theirs / ours, 3), "reference": "transformers GPT2Model + Adam step, PyTorch CPU",

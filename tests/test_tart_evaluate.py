@@ -82,6 +82,15 @@ def test_synthetic_check_reports_head_and_logistic_regression():
     assert 0.6 < out[16]["logistic_regression"] <= 1.0 and 0.0 <= out[16]["tart"] <= 1.0
 
 
+def test_shipped_head_is_within_two_points_of_logistic_regression_at_k_64():
+    # The issue's acceptance figure, on 1,000 tasks other than `tart eval --synthetic`'s 2,000.
+    from tart.evaluate import SHIPPED_HEAD
+    from tart.train import load_head
+
+    out = synthetic_accuracy(load_head(SHIPPED_HEAD), ks=(64,), tasks=1000, seed=7)[64]
+    assert out["tart"] >= out["logistic_regression"] - 0.02, out
+
+
 def test_cli_synthetic_eval_writes_its_results(tmp_path, capsys):
     config = dataclasses.replace(TINY, max_examples=130)
     head_dir = save_head(config, nnx.state(TartHead(config, rngs=nnx.Rngs(0)), nnx.Param), tmp_path / "head")

@@ -15,7 +15,8 @@ from flax import nnx
 from symtune.train.mesh import MeshConfig
 from symtune.train.optim import OptimizerConfig
 from symtune.train.trainer import TrainerConfig
-from tart.head import HeadConfig, TartHead
+from symtune.errors import UserError
+from tart.head import HeadConfig, TartHead, interleave
 from tart.synthetic import SyntheticConfig, step_batches
 from tart.train import TartRunConfig, build_trainer, load_head, save_head, train
 
@@ -53,10 +54,39 @@ def test_head_trains_the_same_on_8_devices_under_dp_and_fsdp_with_microbatches()
         np.testing.assert_allclose(value, params_of(dp_state)[name], atol=1e-5, err_msg=name)
 
 
-def test_saved_head_loads_back_with_the_same_predictions(tmp_path):
-    head = TartHead(TINY, rngs=nnx.Rngs(3))
-    save_head(TINY, nnx.state(head, nnx.Param), tmp_path / "head")
-    loaded = load_head(tmp_path / "head")
+def test_token_layouts():
+    xs = np.arange(12, dtype=np.float32).reshape(1, 2, 6)
+    ys = np.array([[1.0, 0.0]], np.float32)
+    paper = np.asarray(interleave(xs, ys, "paper"))
+    np.testing.assert_array_equal(paper[0], [xs[0, 0], [1, 0, 0, 0, 0, 0], xs[0, 1], [0] * 6])
+    paired = np.asarray(interleave(xs, ys, "paired"))
+    np.testing.assert_array_equal(paired[0], [[*xs[0, 0], 0], [*xs[0, 0], 1], [*xs[0, 1], 0], [*xs[0, 1], -1]])
+    with pytest.raises(UserError, match="unknown TART token layout 'pairs'"):
+        HeadConfig(tokens="pairs")
+
+
+@pytest.mark.parametrize("tokens", ["paper", "paired"])
+def test_each_prediction_sees_only_the_examples_before_it(tokens):
+    head = TartHead(HeadConfig(num_layers=2, width=32, num_heads=4, max_examples=12, tokens=tokens), rngs=nnx.Rngs(1))
+    rng = np.random.default_rng(0)
+    xs = rng.standard_normal((1, 8, 16)).astype(np.float32)
+    ys = (rng.random((1, 8)) > 0.5).astype(np.float32)
+    base = np.asarray(head(xs, ys))
+    changed_xs, changed_ys = xs.copy(), ys.copy()
+    changed_ys[0, 4:] = 1 - changed_ys[0, 4:]  # y_4 onwards
+    changed_xs[0, 5:] += 1.0  # x_5 onwards
+    out = np.asarray(head(changed_xs, changed_ys))
+    np.testing.assert_allclose(out[0, :5], base[0, :5], atol=1e-6)
+    assert not np.allclose(out[0, 5:], base[0, 5:])
+
+
+@pytest.mark.parametrize("tokens", ["paper", "paired"])
+def test_saved_head_loads_back_with_the_same_predictions(tmp_path, tokens, monkeypatch):
+    config = HeadConfig(num_layers=2, width=32, num_heads=4, max_examples=12, tokens=tokens)
+    head = TartHead(config, rngs=nnx.Rngs(3))
+    save_head(config, nnx.state(head, nnx.Param), tmp_path / "head")
+    monkeypatch.chdir(tmp_path)
+    loaded = load_head("head")  # relative, as on a command line
     xs = np.random.default_rng(0).standard_normal((2, 12, 16)).astype(np.float32)
     ys = (xs[..., 0] > 0).astype(np.float32)
     np.testing.assert_allclose(np.asarray(loaded(xs, ys)), np.asarray(head(xs, ys)), atol=1e-6)
