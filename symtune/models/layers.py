@@ -144,7 +144,7 @@ def activation(name: str, x: jax.Array) -> jax.Array:
         return jax.nn.silu(x)
     if name == "gelu":
         return gelu_exact(x)
-    return jax.nn.gelu(x, approximate=True)
+    return gelu_tanh(x)
 
 
 @jax.custom_jvp
@@ -159,6 +159,22 @@ def _gelu_exact_jvp(primals, tangents):
     cdf = 0.5 * jax.lax.erfc(-x * np.sqrt(0.5).astype(x.dtype))
     pdf = jnp.exp(-0.5 * x * x) * np.sqrt(0.5 / np.pi).astype(x.dtype)
     return gelu_exact(x), (cdf + x * pdf) * t
+
+
+@jax.custom_jvp
+def gelu_tanh(x: jax.Array) -> jax.Array:
+    """jax.nn.gelu(approximate=True) with one tanh, whose backward keeps one array (the slope)."""
+    return jax.nn.gelu(x, approximate=True)
+
+
+@gelu_tanh.defjvp
+def _gelu_tanh_jvp(primals, tangents):
+    (x,), (t,) = primals, tangents
+    c, a = np.sqrt(2 / np.pi).astype(x.dtype), np.asarray(0.044715, x.dtype)
+    th = jnp.tanh(c * (x + a * x * x * x))
+    half = 0.5 * (1 + th)
+    slope = half + 0.5 * x * (1 - th * th) * c * (1 + 3 * a * x * x)
+    return x * half, slope * t
 
 
 class Mlp(nnx.Module):
