@@ -110,7 +110,7 @@ def save_head(head: HeadConfig, params, out_dir: str | Path) -> Path:
 
 def load_head(path: str | Path) -> TartHead:
     """A head saved by `save_head` (a `tart train` run's head/ directory or a shipped one)."""
-    path = Path(path).resolve()  # orbax takes absolute paths only
+    path = Path(path)
     if not (path / HEAD_FILE).is_file():
         raise UserError(f"{path} is not a TART head directory (no {HEAD_FILE}); pass a `tart train` "
                         "run's head/ directory")

@@ -140,3 +140,13 @@ def test_bfloat16_compute_stays_close_to_float32(model, tokens):
 def test_bad_configs_are_user_errors(change):
     with pytest.raises(UserError):
         CONFIG.replace(**change)
+
+
+@pytest.mark.parametrize("name, approximate", [("gelu", False), ("gelu_tanh", True)])
+def test_gelus_match_jax_in_value_and_gradient(name, approximate):
+    from symtune.models.layers import activation
+
+    x = jnp.linspace(-8.0, 8.0, 4001)
+    ours, theirs = (lambda v: activation(name, v)), (lambda v: jax.nn.gelu(v, approximate=approximate))
+    np.testing.assert_allclose(jax.jit(ours)(x), theirs(x), atol=1e-6)
+    np.testing.assert_allclose(jax.vmap(jax.grad(ours))(x), jax.vmap(jax.grad(theirs))(x), atol=1e-5)

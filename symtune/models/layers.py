@@ -147,34 +147,40 @@ def activation(name: str, x: jax.Array) -> jax.Array:
     return gelu_tanh(x)
 
 
-@jax.custom_jvp
-def gelu_exact(x: jax.Array) -> jax.Array:
-    """jax.nn.gelu(approximate=False) whose backward keeps one array (the slope), not four."""
-    return jax.nn.gelu(x, approximate=False)
+def keeps_slope(value_and_slope):
+    """The elementwise function x -> value_and_slope(x)[0], whose backward keeps one array, the slope.
+
+    Autodiff of the same formula would keep every intermediate (four arrays for GELU); under jit
+    the slope of a forward-only call is dead code and dropped.
+    """
+
+    @jax.custom_jvp
+    def f(x: jax.Array) -> jax.Array:
+        return value_and_slope(x)[0]
+
+    @f.defjvp
+    def _jvp(primals, tangents):
+        value, slope = value_and_slope(primals[0])
+        return value, slope * tangents[0]
+
+    return f
 
 
-@gelu_exact.defjvp
-def _gelu_exact_jvp(primals, tangents):
-    (x,), (t,) = primals, tangents
+@keeps_slope
+def gelu_exact(x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """GELU with the normal CDF (GPT-NeoX's gelu), as jax.nn.gelu(approximate=False)."""
     cdf = 0.5 * jax.lax.erfc(-x * np.sqrt(0.5).astype(x.dtype))
     pdf = jnp.exp(-0.5 * x * x) * np.sqrt(0.5 / np.pi).astype(x.dtype)
-    return gelu_exact(x), (cdf + x * pdf) * t
+    return x * cdf, cdf + x * pdf
 
 
-@jax.custom_jvp
-def gelu_tanh(x: jax.Array) -> jax.Array:
-    """jax.nn.gelu(approximate=True) with one tanh, whose backward keeps one array (the slope)."""
-    return jax.nn.gelu(x, approximate=True)
-
-
-@gelu_tanh.defjvp
-def _gelu_tanh_jvp(primals, tangents):
-    (x,), (t,) = primals, tangents
+@keeps_slope
+def gelu_tanh(x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """GELU with the tanh approximation (GPT-2's gelu_new), as jax.nn.gelu(approximate=True)."""
     c, a = np.sqrt(2 / np.pi).astype(x.dtype), np.asarray(0.044715, x.dtype)
     th = jnp.tanh(c * (x + a * x * x * x))
     half = 0.5 * (1 + th)
-    slope = half + 0.5 * x * (1 - th * th) * c * (1 + 3 * a * x * x)
-    return x * half, slope * t
+    return x * half, half + 0.5 * x * (1 - th * th) * c * (1 + 3 * a * x * x)
 
 
 class Mlp(nnx.Module):

@@ -108,14 +108,12 @@ def make_plan(topology: Topology, *, mfu: float = DEFAULT_MFU, compile: bool = F
     from symtune.train.lm_objective import lm_loss
     from symtune.train.mesh import MeshConfig
     from symtune.train.optim import OptimizerConfig
-    from symtune.train.run import RunConfig
+    from symtune.train.run import RunConfig, check_positions
     from symtune.train.trainer import TrainerConfig
 
     run, data, trainer = RunConfig(), TrainData(), TrainerConfig()
     model = _model_config(run.warm_start)
-    if data.seq_len > model.max_positions:
-        raise UserError(f"TrainData.seq_len={data.seq_len} exceeds the model's max_positions="
-                        f"{model.max_positions}; lower seq_len or override max_positions")
+    check_positions(data.seq_len, model)
     loss_fn = functools.partial(lm_loss, bidirectional_prefix=run.bidirectional_prefix)
     workload = Workload(model, OptimizerConfig(), batch_size=data.batch_size, seq_len=data.seq_len,
                         steps=trainer.steps, loss_fn=loss_fn)
@@ -165,12 +163,12 @@ def make_plan(topology: Topology, *, mfu: float = DEFAULT_MFU, compile: bool = F
 def _model_config(warm_start: str | None) -> DecoderConfig:
     """The model `symtune train` builds, with the preset's vocabulary padded as training pads it."""
     from symtune.models import presets
-    from symtune.train.run import VOCAB_MULTIPLE, resolve_model_config
+    from symtune.train.run import padded_vocab_size, resolve_model_config
 
     config = resolve_model_config(1, warm_start)  # the same choice and checks as training
     if warm_start:
         return config
-    return config.replace(vocab_size=-(-presets.model_config().vocab_size // VOCAB_MULTIPLE) * VOCAB_MULTIPLE)
+    return config.replace(vocab_size=padded_vocab_size(presets.model_config().vocab_size))
 
 
 def _gin_value(name: str) -> Any:

@@ -27,6 +27,7 @@ from etils import epath
 from jax.experimental import multihost_utils
 
 from symtune.errors import UserError
+from symtune.train.rundir import run_path
 
 PyTree = Any
 
@@ -311,7 +312,7 @@ def export_params(
     params: PyTree, out_dir: str | epath.PathLike, dtype: Any = jnp.bfloat16, overwrite: bool = False
 ) -> epath.Path:
     """Writes a params-only checkpoint, floating arrays cast to `dtype` (None: as they are)."""
-    out_dir = epath.Path(out_dir)
+    out_dir = run_path(out_dir)  # orbax takes absolute paths only
     if out_dir.exists() and not overwrite:
         raise UserError(f"{out_dir} already exists; choose a new export directory or pass overwrite=True")
     if dtype is not None:
@@ -324,7 +325,7 @@ def export_params(
 def restore_params(path: str | epath.PathLike, abstract_params: PyTree) -> PyTree:
     """Reads params onto the shardings and dtypes of `abstract_params` from an export_params
     directory or from one step of a training run (RUN_DIR/checkpoints/<step>): a warm start."""
-    path = epath.Path(path)
+    path = run_path(path)  # orbax takes absolute paths only
     _check_abstract(abstract_params)
     if not path.is_dir():
         raise UserError(f"no params checkpoint at {path}; pass an export directory or RUN_DIR/checkpoints/<step>")

@@ -71,12 +71,23 @@ def resolve_model_config(vocab_size: int, warm_start: str | None):
                             "or --gin.model_config.preset=\"'test-tiny'\"")
         config = presets.model_config()
         if not warm_start:
-            padded = -(-vocab_size // VOCAB_MULTIPLE) * VOCAB_MULTIPLE
-            config = config.replace(vocab_size=padded)
+            config = config.replace(vocab_size=padded_vocab_size(vocab_size))
     if config.vocab_size < vocab_size:
         raise UserError(f"the model has {config.vocab_size} vocabulary rows but the tokenizer has "
                         f"{vocab_size} ids; set TrainData.vocabulary to the model's tokenizer (hf:DIR)")
     return config
+
+
+def padded_vocab_size(vocab_size: int) -> int:
+    """The embedding rows a fresh model gets for a tokenizer of `vocab_size` ids."""
+    return -(-vocab_size // VOCAB_MULTIPLE) * VOCAB_MULTIPLE
+
+
+def check_positions(seq_len: int, config) -> None:
+    """A UserError when training sequences are longer than the model's positions."""
+    if seq_len > config.max_positions:
+        raise UserError(f"TrainData.seq_len={seq_len} exceeds the model's max_positions="
+                        f"{config.max_positions}; lower seq_len or override max_positions")
 
 
 def _bound(name: str) -> bool:
@@ -158,9 +169,7 @@ def train(run: RunConfig, hooks: Sequence[Callable] = ()) -> dict:
     vocab_spec = data.vocabulary if isinstance(data.vocabulary, str) else "default"
     vocabulary = get_vocabulary(data.vocabulary)
     model_config = resolve_model_config(vocabulary.vocab_size, run.warm_start)
-    if data.seq_len > model_config.max_positions:
-        raise UserError(f"TrainData.seq_len={data.seq_len} exceeds the model's max_positions="
-                        f"{model_config.max_positions}; lower seq_len or override max_positions")
+    check_positions(data.seq_len, model_config)
     mesh_config = MeshConfig()
     mesh = make_mesh(mesh_config)
     trainer = Trainer(
