@@ -23,7 +23,7 @@ from flax import nnx
 from symtune.errors import UserError
 from symtune.models.config import DecoderConfig
 from symtune.models.decoder import DecoderStack
-from symtune.models.layers import dot, mesh_is_set, param
+from symtune.models.layers import add_bias, dot, mesh_is_set, param
 
 
 TOKEN_LAYOUTS = ("paper", "paired")
@@ -121,7 +121,7 @@ class TartHead(nnx.Module):
                             "use fewer in-context examples or a head trained for more")
         dtype = jnp.dtype(self.config.dtype)
         tokens = dot(interleave(xs, ys, self.config.tokens), self.read_in.get_value(), "btd,de->bte", dtype)
-        h, _ = self.stack(tokens + self.read_in_bias.get_value().astype(dtype))
+        h, _ = self.stack(add_bias(tokens, self.read_in_bias))
         logits = dot(h[:, ::2], self.read_out.get_value(), "bte,eo->bto", dtype, jnp.float32)
         return logits[..., 0] + self.read_out_bias.get_value()[0]
 

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from symtune.models.config import DecoderConfig
-from symtune.models.layers import apply_rope, constrain, dot, param
+from symtune.models.layers import add_bias, apply_rope, constrain, dot, einsum_f32, param
 
 NEG_INF = float(jnp.finfo(jnp.float32).min)
 # Query block of causal attention: key blocks above the diagonal are skipped (a quarter of the
@@ -82,7 +82,7 @@ def _attend_block(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> 
     mask = jnp.broadcast_to(mask[:, None, None], (b, 1, groups, t, s)).reshape(b, 1, groups * t, s)
     scores = jnp.einsum("bkqd,bskd->bkqs", q, k, preferred_element_type=jnp.float32)
     probs = masked_softmax(scores, mask).astype(dtype)
-    out = jnp.einsum("bkqs,bskd->bkqd", probs, v)
+    out = einsum_f32("bkqs,bskd->bkqd", probs, v)
     return out.reshape(b, kv_heads, groups, t, d).transpose(0, 3, 1, 2, 4).reshape(b, t, h, d)
 
 
@@ -125,7 +125,7 @@ class Attention(nnx.Module):
         dtype = jnp.dtype(self.config.dtype)
         y = dot(x, getattr(self, name).get_value(), "btd,dhk->bthk", dtype)
         if self.config.qkv_bias:
-            y = y + getattr(self, f"{name}_bias").get_value().astype(dtype)
+            y = add_bias(y, getattr(self, f"{name}_bias"))
         return constrain(y, ("act_batch", "act_len", "act_heads", "act_kv"))
 
     def __call__(
@@ -157,5 +157,5 @@ class Attention(nnx.Module):
         out = constrain(out, ("act_batch", "act_len", "act_heads", "act_kv"))
         y = dot(out, self.o.get_value(), "bthk,hkd->btd", dtype)
         if c.out_bias:
-            y = y + self.o_bias.get_value().astype(dtype)
+            y = add_bias(y, self.o_bias)
         return y, new_cache

@@ -47,9 +47,20 @@ def dot(x: jax.Array, w: jax.Array, spec: str, dtype, out_dtype=None) -> jax.Arr
     return checkpoint_name(y, DOT_NAME)
 
 
+def einsum_f32(spec: str, *operands: jax.Array, out_dtype=None) -> jax.Array:
+    """einsum accumulated and returned in float32, then cast to out_dtype (default: the operands').
+
+    The same numbers as asking for a bfloat16 result (accelerators accumulate in float32), but
+    XLA:CPU runs a bf16 x bf16 -> f32 dot on its bf16 matrix units, while for a bf16 result it
+    converts both operands to f32 first.
+    """
+    y = jnp.einsum(spec, *operands, preferred_element_type=jnp.float32)
+    return y.astype(out_dtype or jnp.result_type(*operands))
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
 def _dot(x: jax.Array, w: jax.Array, spec: str, out_dtype) -> jax.Array:
-    return jnp.einsum(spec, x, w, preferred_element_type=out_dtype)
+    return einsum_f32(spec, x, w, out_dtype=out_dtype)
 
 
 def _dot_fwd(x, w, spec, out_dtype):
@@ -66,7 +77,7 @@ def _dot_bwd(spec, out_dtype, residuals, g):
     xs, ws = inputs.split(",")
     natural = "".join([c for c in xs if c in ws] + [c for c in out if c in ws and c not in xs])
     g = g.astype(x.dtype)
-    dx = jnp.einsum(f"{out},{ws}->{xs}", g, w, preferred_element_type=x.dtype)
+    dx = einsum_f32(f"{out},{ws}->{xs}", g, w, out_dtype=x.dtype)
     lead = sum(c not in ws for c in xs)  # the token dims, contracted for dw
     if xs[:lead] == out[:lead] and x.size > g.size:
         n = math.prod(x.shape[:lead])
@@ -78,6 +89,15 @@ def _dot_bwd(spec, out_dtype, residuals, g):
 
 
 _dot.defvjp(_dot_fwd, _dot_bwd)
+
+
+def add_bias(y: jax.Array, bias: nnx.Param) -> jax.Array:
+    """y + bias, added in float32 and returned in y's dtype.
+
+    Its gradient for the bias is then a float32 sum over every token: in bfloat16 that sum loses
+    the bias updates' low bits (and XLA:CPU splits a bf16 sum into slow reduce-window passes).
+    """
+    return (y.astype(jnp.float32) + bias.get_value().astype(jnp.float32)).astype(y.dtype)
 
 
 def _normalize(x, centered, eps):
@@ -169,7 +189,9 @@ def keeps_slope(value_and_slope):
 @keeps_slope
 def gelu_exact(x: jax.Array) -> tuple[jax.Array, jax.Array]:
     """GELU with the normal CDF (GPT-NeoX's gelu), as jax.nn.gelu(approximate=False)."""
-    cdf = 0.5 * jax.lax.erfc(-x * np.sqrt(0.5).astype(x.dtype))
+    # erf, as torch's gelu: XLA:CPU expands erfc into three passes with exp and a division (3x the
+    # time); for x << 0 the CDF is then absolute- rather than relative-accurate (~1e-7).
+    cdf = 0.5 + 0.5 * jax.lax.erf(x * np.sqrt(0.5).astype(x.dtype))
     pdf = jnp.exp(-0.5 * x * x) * np.sqrt(0.5 / np.pi).astype(x.dtype)
     return x * cdf, cdf + x * pdf
 
@@ -205,18 +227,18 @@ class Mlp(nnx.Module):
         c, dtype = self.config, jnp.dtype(self.config.dtype)
         h = dot(x, self.wi.get_value(), "btd,dm->btm", dtype)
         if c.mlp_bias:
-            h = h + self.wi_bias.get_value().astype(dtype)
+            h = add_bias(h, self.wi_bias)
         if c.gated_mlp:
             gate = dot(x, self.wi_gate.get_value(), "btd,dm->btm", dtype)
             if c.mlp_bias:
-                gate = gate + self.wi_gate_bias.get_value().astype(dtype)
+                gate = add_bias(gate, self.wi_gate_bias)
             h = activation(c.activation, gate) * h
         else:
             h = activation(c.activation, h)
         h = constrain(h, ("act_batch", "act_len", "act_mlp"))
         y = dot(h, self.wo.get_value(), "btm,md->btd", dtype)
         if c.mlp_bias:
-            y = y + self.wo_bias.get_value().astype(dtype)
+            y = add_bias(y, self.wo_bias)
         return y
 
 
