@@ -1,6 +1,9 @@
 """`symtune eval` end to end on a test-tiny training run directory, offline, on 8 CPU devices."""
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -96,6 +99,28 @@ def test_sharded_eval_scores_like_replicated_eval(run_dir, data_dir, tmp_path):
     records = [json.loads((out / "results" / "TOS.natural.json").read_text())["seeds"]["0"]["records"]
                for out in outs]
     assert records[0] == records[1]
+
+
+@pytest.mark.multiprocess
+def test_two_local_processes_evaluate_like_one_and_only_the_first_writes(run_dir, data_dir, tmp_path, repo_root):
+    """`symtune eval` under launch/local.sh (2 processes x 4 devices) joins one job over 8 devices."""
+    config = quick_config(data_dir, tasks=("SUBJ", "list_functions"), settings=("symbols",))
+    single = evaluate(config, checkpoint=str(run_dir), out=str(tmp_path / "single"))
+    flags = [f"--gin.EvalConfig.{k}={v!r}" for k, v in [
+        ("tasks", list(config.tasks)), ("settings", list(config.settings)), ("max_examples", 2),
+        ("list_function_subtasks", 1), ("max_length", 512), ("max_decode_tokens", 8)]]
+    env = {**os.environ, "SYMTUNE_DATA_DIR": str(data_dir), "PYTHON": sys.executable}
+    launcher = [str(repo_root / "launch" / "local.sh"), "--processes=2", "--devices=4", "--"]
+    done = subprocess.run(launcher + [sys.executable, "-m", "symtune.cli", "eval", f"--checkpoint={run_dir}",
+                                      f"--out={tmp_path / 'multi'}", *flags],
+                          env=env, cwd=repo_root, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:]
+    assert "over 8 cpu devices" in done.stdout
+    assert "[0] reports:" in done.stdout and "[1] reports:" not in done.stdout
+    for unit in ("SUBJ.symbols", "list_functions.exact_match"):
+        one, two = (json.loads((out / "results" / f"{unit}.json").read_text())["seeds"]["0"]["records"]
+                    for out in (single, tmp_path / "multi"))
+        assert two == one, unit
 
 
 def test_periodic_hook_returns_accuracies_every_n_steps(run_dir, data_dir):

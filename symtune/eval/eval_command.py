@@ -48,9 +48,11 @@ def evaluate(config: EvalConfig, *, checkpoint: str | None = None, hf_model: str
     from symtune.eval.runner import DecoderModel, on_mesh
     from symtune.eval.tokenizer_files import vocabulary_of
     from symtune.models.hf import load_hf
+    from symtune.train import distributed
     from symtune.train.mesh import describe_mesh, logical_rules, make_mesh
     from symtune.train.rundir import run_path
 
+    distributed.initialize()
     mesh_config = mesh_config or MeshConfig()
     mesh = make_mesh(mesh_config)
     context = lambda: on_mesh(mesh, logical_rules(mesh_config.rules))  # noqa: E731

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 from flax.core import spmd
+from jax.sharding import PartitionSpec
 
 from symtune.errors import UserError
 from symtune.models.decoder import Decoder
@@ -63,13 +64,22 @@ def _round_up(n: int, multiple: int) -> int:
     return -(-n // multiple) * multiple
 
 
+def _everywhere(x: jax.Array) -> jax.Array:
+    """x replicated on every device of the mesh, so that every process can read all of it.
+
+    Results are a few numbers per row; without this, rows split over the hosts of a multi-process
+    mesh could only be read on the host that holds them.
+    """
+    return jax.lax.with_sharding_constraint(x, PartitionSpec()) if mesh_is_set() else x
+
+
 @functools.partial(jax.jit, static_argnums=0)
 def _score_batch(graphdef, state, tokens, segments, targets, prefix):
     model = nnx.merge(graphdef, state)
     logits = model(tokens, segment_ids=segments, prefix_mask=prefix)[:, :-1]
     logprobs = jax.nn.log_softmax(logits, axis=-1)
     picked = jnp.take_along_axis(logprobs, tokens[:, 1:, None], axis=-1)[..., 0]
-    return jnp.sum(jnp.where(targets[:, 1:], picked, 0.0), axis=-1)
+    return _everywhere(jnp.sum(jnp.where(targets[:, 1:], picked, 0.0), axis=-1))
 
 
 def score_continuations(
@@ -167,7 +177,7 @@ def _greedy(graphdef, state, prompt, mask, positions, max_new, stop_sequences, e
 
     carry = (jnp.int32(0), cache, token, positions[:, -1] + 1, out, done, lengths)
     *_, out, _, lengths = jax.lax.while_loop(cond, body, carry)
-    return out, lengths
+    return _everywhere(out), _everywhere(lengths)
 
 
 def greedy_decode(
