@@ -1,42 +1,35 @@
 """Forward+backward throughput of a preset at sequence length 512: ours (JAX) against transformers (PyTorch).
 
-Both sides run the same float32 model on the same CPU in this process: a causal-LM loss and its
-gradient for every parameter (ours with the training objective's `token_nll`). After two warm-up
-calls each (compilation included), steps alternate between the two sides and each side reports its
-median, so load from other processes hits both alike. The last line is one JSON object: value (our
-tokens/s), unit, and ratio (ours / theirs).
+Both sides run the same float32 model on the same CPU, each in a process of its own: a causal-LM
+loss and its gradient for every parameter (ours with the training objective's `token_nll`). After
+two warm-up calls each (compilation included), steps alternate between the two sides and each side
+reports its median, so load from other processes hits both alike. The last line is one JSON
+object: value (our tokens/s), unit, and ratio (ours / theirs).
 
     .venv/bin/python benchmarks/model_forward.py [--preset pythia-70m] [--batch 2] [--steps 7]
 """
 
 from __future__ import annotations
 
+import argparse
+import functools
 import json
 
-import jax
-import jax.numpy as jnp
-import torch
-from flax import nnx
-from reference import float32_preset_and_tokens, parse_args, timed, torch_causal_lm, torch_lm_loss
+from reference import Step, float32_preset_and_tokens, parse_args, timed, torch_causal_lm, torch_lm_loss
 
-from symtune.models import hf
 from symtune.models.presets import param_count
-from symtune.train.lm_objective import token_nll
 
 
-def main() -> None:
-    args = parse_args(__doc__, steps=7)
+def ours(args: argparse.Namespace) -> Step:
+    """A jitted value_and_grad of the LM loss over our decoder's parameters."""
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from symtune.models import hf
+    from symtune.train.lm_objective import token_nll
+
     config, tokens = float32_preset_and_tokens(args)
-    n_tokens = args.batch * args.seq
-
-    theirs = torch_causal_lm(config)
-    theirs_loss = torch_lm_loss(theirs, tokens)
-
-    def torch_step():
-        theirs.zero_grad(set_to_none=True)
-        theirs_loss().backward()
-
-    # Ours: jitted value_and_grad over the parameter state.
     model = nnx.eval_shape(lambda: hf.Decoder(config, rngs=nnx.Rngs(0)))
     graphdef, _ = nnx.split(model, nnx.Param)
     params = jax.jit(lambda: nnx.state(hf.Decoder(config, rngs=nnx.Rngs(0)), nnx.Param))()
@@ -49,15 +42,31 @@ def main() -> None:
         return jax.value_and_grad(loss_fn)(params)
 
     x, y = jnp.asarray(tokens[:, :-1]), jnp.asarray(tokens[:, 1:])
+    return lambda: jax.block_until_ready(grad_step(params, x, y))
 
-    def jax_step():
-        jax.block_until_ready(grad_step(params, x, y))
 
-    median = timed(args.steps, ours=jax_step, theirs=torch_step)
+def theirs(args: argparse.Namespace) -> Step:
+    """Loss and backward of the same architecture in transformers."""
+    config, tokens = float32_preset_and_tokens(args)
+    model = torch_causal_lm(config)
+    loss = torch_lm_loss(model, tokens)
+
+    def step():
+        model.zero_grad(set_to_none=True)
+        loss().backward()
+
+    return step
+
+
+def main() -> None:
+    args = parse_args(__doc__, steps=7)
+    config, _ = float32_preset_and_tokens(args)
+    n_tokens = args.batch * args.seq
+    median = timed(args.steps, ours=functools.partial(ours, args), theirs=functools.partial(theirs, args))
     ours_s, theirs_s = median["ours"], median["theirs"]
     ours_tps, theirs_tps = n_tokens / ours_s, n_tokens / theirs_s
     print(f"{args.preset} ({param_count(config):,} params), batch {args.batch} x {args.seq}, float32, "
-          f"{jax.device_count()} JAX devices, torch threads {torch.get_num_threads()}")
+          "each side in its own process on all cores")
     print(f"median of {args.steps} interleaved steps per side")
     print(f"ours   (JAX/Flax): {ours_s * 1e3:8.1f} ms/step  {ours_tps:8.1f} tokens/s")
     print(f"theirs (PyTorch):  {theirs_s * 1e3:8.1f} ms/step  {theirs_tps:8.1f} tokens/s")

@@ -1,4 +1,4 @@
-"""What the decoder benchmarks share: arguments, the `transformers` reference model, interleaved timing.
+"""What the decoder benchmarks share: arguments, the `transformers` reference model, timing sides apart.
 
 Imported by the benchmark scripts in this directory (run as `python benchmarks/<name>.py`, which
 puts this directory on sys.path).
@@ -7,17 +7,18 @@ puts this directory on sys.path).
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import statistics
 import time
+import traceback
 from typing import Callable
 
 import numpy as np
-import torch
-import transformers
 
-from symtune.models import hf
 from symtune.models.config import DecoderConfig
 from symtune.models.presets import get_preset
+
+Step = Callable[[], None]
 
 
 def parse_args(doc: str, steps: int) -> argparse.Namespace:
@@ -36,37 +37,81 @@ def float32_preset_and_tokens(args: argparse.Namespace) -> tuple[DecoderConfig, 
     return config, np.random.default_rng(0).integers(0, config.vocab_size, (args.batch, args.seq + 1))
 
 
-def torch_causal_lm(config: DecoderConfig) -> torch.nn.Module:
+def torch_causal_lm(config: DecoderConfig):
     """The same architecture built by transformers from our exported config, random weights, train mode."""
+    import torch
+    import transformers
+
+    from symtune.models import hf
+
     fields = hf.config_to_hf(config)
     theirs_config = transformers.AutoConfig.for_model(fields.pop("model_type"), **fields)
     torch.manual_seed(0)
     return transformers.AutoModelForCausalLM.from_config(theirs_config).train()
 
 
-def torch_lm_loss(model: torch.nn.Module, tokens: np.ndarray) -> Callable[[], torch.Tensor]:
-    """A function computing the mean next-token cross-entropy of `tokens` under `model`."""
+def torch_lm_loss(model, tokens: np.ndarray):
+    """A function computing the mean next-token cross-entropy of `tokens` under `model` (a torch scalar)."""
+    import torch
+
     inputs, labels = torch.as_tensor(tokens[:, :-1]), torch.as_tensor(tokens[:, 1:])
 
-    def loss() -> torch.Tensor:
+    def loss():
         logits = model(inputs).logits
         return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1))
 
     return loss
 
 
-def timed(steps: int, **fns: Callable[[], None]) -> dict[str, float]:
-    """Median seconds per call of each function, calls interleaved, after two warm-up calls each.
+def timed(steps: int, **sides: Callable[[], Step]) -> dict[str, float]:
+    """Median seconds per step of each side, each side built and stepped in a process of its own.
 
-    Interleaving makes load from other processes hit every side alike.
+    `sides` maps a name to a picklable factory (a module-level function, or a functools.partial of
+    one) that builds the side and returns its step function. Apart, because in one process each
+    side's memory traffic lands on the other: PyTorch returns freed memory to the system and our
+    next step faults it back in (the tart-paper step took 12.1 s alone and 18.2 s alternating with
+    PyTorch steps in one process). After two warm-up steps each, steps alternate between the sides,
+    so load from other processes hits every side alike.
     """
-    for fn in fns.values():
-        fn()
-        fn()
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(steps):
-        for name, fn in fns.items():
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
+    context = multiprocessing.get_context("spawn")
+    workers = {}
+    for name, factory in sides.items():
+        ours, theirs = context.Pipe()
+        process = context.Process(target=_serve, args=(factory, theirs), daemon=True)
+        process.start()
+        workers[name] = (process, ours)
+    try:
+        for name, (_, conn) in workers.items():
+            _reply(name, conn)  # built and warmed up
+        times: dict[str, list[float]] = {name: [] for name in sides}
+        for _ in range(steps):
+            for name, (_, conn) in workers.items():
+                conn.send("step")
+                times[name].append(_reply(name, conn))
+    finally:
+        for process, conn in workers.values():
+            if process.is_alive():
+                conn.send(None)
+            process.join(timeout=60)
     return {name: statistics.median(ts) for name, ts in times.items()}
+
+
+def _serve(factory: Callable[[], Step], conn) -> None:
+    try:
+        step = factory()
+        step()
+        step()
+        conn.send(("ok", None))
+        while conn.recv() is not None:
+            start = time.perf_counter()
+            step()
+            conn.send(("ok", time.perf_counter() - start))
+    except BaseException:  # the parent re-raises it with the side's name
+        conn.send(("error", traceback.format_exc()))
+
+
+def _reply(name: str, conn):
+    status, value = conn.recv()
+    if status == "error":
+        raise RuntimeError(f"benchmark side {name!r} failed:\n{value}")
+    return value

@@ -1,5 +1,6 @@
 """One training step of the `tart-paper` head: ours (symtune Trainer, JAX) against the same
-architecture as a `transformers` GPT2Model training step in PyTorch, in one process on this CPU.
+architecture as a `transformers` GPT2Model training step in PyTorch, each side in a process of
+its own on this CPU.
 
 Both sides: 12 layers, 8 heads, width 256, float32, batch 32 sequences of 258 (x, y) examples
 (516 tokens), binary cross-entropy at the x positions, Adam at 1e-4, no dropout. Ours samples its
@@ -12,6 +13,7 @@ printed is one JSON object: `value` = our seconds per step, `ratio` = PyTorch ti
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 
@@ -22,7 +24,7 @@ TARGET = 1.0
 
 
 def ours_step(steps: int):
-    """A function taking one training step of our head (compiled and warmed up before timing)."""
+    """A function taking one training step of our head."""
     import jax
 
     from symtune.train.mesh import MeshConfig
@@ -78,7 +80,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3, help="timed steps per side after two warm-ups (median)")
     args = parser.parse_args()
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
-    median = timed(args.steps, ours=ours_step(args.steps), theirs=torch_step())
+    median = timed(args.steps, ours=functools.partial(ours_step, args.steps), theirs=torch_step)
     ours, theirs = median["ours"], median["theirs"]
     print(f"tart-paper head, batch {BATCH} x {EXAMPLES} examples, median of {args.steps} interleaved "
           f"steps per side: ours {ours:.2f}s/step, PyTorch GPT2Model {theirs:.2f}s/step")

@@ -1,41 +1,38 @@
 """Training throughput of a ~100M preset at sequence length 512: our Trainer against a plain
-`transformers` + PyTorch AdamW loop, in one process on this CPU.
+`transformers` + PyTorch AdamW loop, each in a process of its own on this CPU.
 
 Both sides take full optimizer steps (forward, backward, gradient clipping to 1.0, AdamW) on the
 same float32 model and batch; after two warm-up steps each (compilation included) the steps
-alternate between the sides and each reports its median, so other load hits both alike. `mfu` is our analytic training FLOPs per second over a peak measured
-here: a 2048x2048 float32 matmul in JAX. The last line is one JSON object: value (our tokens/s),
-unit, ratio (ours / PyTorch) and mfu.
+alternate between the sides and each reports its median, so other load hits both alike. `mfu` is
+our analytic training FLOPs per second over a peak measured here: a 2048x2048 float32 matmul in
+JAX. The last line is one JSON object: value (our tokens/s), unit, ratio (ours / PyTorch) and mfu.
 
     .venv/bin/python benchmarks/train_step.py [--preset pythia-70m] [--batch 2] [--steps 5]
 """
 
 from __future__ import annotations
 
+import argparse
+import functools
 import json
 
-import jax
-import jax.numpy as jnp
 import numpy as np
-import torch
-from reference import float32_preset_and_tokens, parse_args, timed, torch_causal_lm, torch_lm_loss
+from reference import Step, float32_preset_and_tokens, parse_args, timed, torch_causal_lm, torch_lm_loss
 
-from symtune.models.decoder import Decoder
-from symtune.models.presets import flops_per_token
-from symtune.train.lm_objective import lm_loss
-from symtune.train.mesh import MeshConfig, logical_rules, make_mesh
-from symtune.train.optim import OptimizerConfig
-from symtune.train.trainer import Trainer, TrainerConfig
+from symtune.models.presets import flops_per_token, param_count
 
 LEARNING_RATE = 1e-4
+PEAK_MATMUL = 2048
 
 
-def matmul_peak(n: int = 2048, calls: int = 10) -> float:
-    """FLOP/s of an n x n float32 matmul in JAX on this machine (median of `calls` after a warm-up)."""
+def matmul(n: int) -> Step:
+    """An n x n float32 matmul in JAX."""
+    import jax
+    import jax.numpy as jnp
+
     a = jnp.asarray(np.random.default_rng(0).standard_normal((n, n), dtype=np.float32))
-    matmul = jax.jit(lambda x: x @ x)
-    seconds = timed(calls, matmul=lambda: matmul(a).block_until_ready())["matmul"]
-    return 2 * n**3 / seconds
+    product = jax.jit(lambda x: x @ x)
+    return lambda: product(a).block_until_ready()
 
 
 def lm_batch(tokens: np.ndarray) -> dict[str, np.ndarray]:
@@ -50,23 +47,17 @@ def lm_batch(tokens: np.ndarray) -> dict[str, np.ndarray]:
     }
 
 
-def main() -> None:
-    args = parse_args(__doc__, steps=5)
+def ours(args: argparse.Namespace) -> Step:
+    """One step of the framework's Trainer (jitted step with donation, AdamW, clipping, metrics)."""
+    import jax
+
+    from symtune.models.decoder import Decoder
+    from symtune.train.lm_objective import lm_loss
+    from symtune.train.mesh import MeshConfig, logical_rules, make_mesh
+    from symtune.train.optim import OptimizerConfig
+    from symtune.train.trainer import Trainer, TrainerConfig
+
     config, tokens = float32_preset_and_tokens(args)
-    n_tokens = args.batch * args.seq
-
-    theirs = torch_causal_lm(config)
-    theirs_loss = torch_lm_loss(theirs, tokens)
-    adamw = torch.optim.AdamW(theirs.parameters(), lr=LEARNING_RATE, betas=(0.9, 0.95), eps=1e-8,
-                              weight_decay=0.0)
-
-    def torch_step():
-        adamw.zero_grad(set_to_none=True)
-        theirs_loss().backward()
-        torch.nn.utils.clip_grad_norm_(theirs.parameters(), 1.0)
-        adamw.step()
-
-    # Ours: the framework's Trainer (jitted step with donation, AdamW, clipping, metrics).
     mesh_config = MeshConfig(data=1)
     trainer = Trainer(
         lambda rngs: Decoder(config, rngs=rngs), lm_loss,
@@ -78,18 +69,44 @@ def main() -> None:
     batch = trainer.global_batch(lm_batch(tokens))
     state = trainer.init_state()
 
-    def our_step():
+    def step():
         nonlocal state
         state, metrics = trainer.step(state, batch)
         jax.block_until_ready(metrics["loss"])
 
-    median = timed(args.steps, ours=our_step, theirs=torch_step)
+    return step
+
+
+def theirs(args: argparse.Namespace) -> Step:
+    """One step of a transformers model with torch's AdamW and gradient clipping."""
+    import torch
+
+    config, tokens = float32_preset_and_tokens(args)
+    model = torch_causal_lm(config)
+    loss = torch_lm_loss(model, tokens)
+    adamw = torch.optim.AdamW(model.parameters(), lr=LEARNING_RATE, betas=(0.9, 0.95), eps=1e-8,
+                              weight_decay=0.0)
+
+    def step():
+        adamw.zero_grad(set_to_none=True)
+        loss().backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        adamw.step()
+
+    return step
+
+
+def main() -> None:
+    args = parse_args(__doc__, steps=5)
+    config, _ = float32_preset_and_tokens(args)
+    n_tokens = args.batch * args.seq
+    median = timed(args.steps, ours=functools.partial(ours, args), theirs=functools.partial(theirs, args))
     ours_s, theirs_s = median["ours"], median["theirs"]
-    peak = matmul_peak()
+    peak = 2 * PEAK_MATMUL**3 / timed(10, matmul=functools.partial(matmul, PEAK_MATMUL))["matmul"]
     ours_tps, theirs_tps = n_tokens / ours_s, n_tokens / theirs_s
     mfu = flops_per_token(config, args.seq) * ours_tps / peak
-    print(f"{args.preset} ({trainer.param_count:,} params), batch {args.batch} x {args.seq}, float32, "
-          f"AdamW; torch threads {torch.get_num_threads()}; matmul peak {peak / 1e9:.0f} GFLOP/s")
+    print(f"{args.preset} ({param_count(config):,} params), batch {args.batch} x {args.seq}, float32, "
+          f"AdamW; each side in its own process; matmul peak {peak / 1e9:.0f} GFLOP/s")
     print(f"median of {args.steps} interleaved steps per side")
     print(f"ours   (symtune Trainer): {ours_s * 1e3:8.1f} ms/step  {ours_tps:8.1f} tokens/s  MFU {mfu:.1%}")
     print(f"theirs (PyTorch loop):    {theirs_s * 1e3:8.1f} ms/step  {theirs_tps:8.1f} tokens/s")

@@ -63,7 +63,7 @@ class HeadConfig:
             mlp_dim=4 * self.width, norm="layernorm", activation="gelu_tanh", gated_mlp=False,
             position="learned", qkv_bias=True, out_bias=True, mlp_bias=True,
             max_positions=2 * self.max_examples, dtype=self.dtype, remat_policy=self.remat_policy,
-            init_std=self.init_std,
+            init_std=self.init_std, causal_block=128,
         )
 
 

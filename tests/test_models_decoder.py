@@ -7,7 +7,7 @@ import pytest
 from flax import nnx
 
 from symtune.errors import UserError
-from symtune.models.attention import CAUSAL_BLOCK, attend, attention_mask, score_elements
+from symtune.models.attention import attend, attention_mask, score_elements
 from symtune.models.decoder import Decoder, DecoderStack
 from symtune.models.presets import get_preset
 
@@ -68,8 +68,9 @@ def test_stack_runs_on_embeddings_with_learned_positions():
     assert hidden.shape == (3, 10, 32) and cache is None
 
 
-def test_causal_query_blocks_match_unblocked_attention():
-    t = CAUSAL_BLOCK * 2 + 37
+@pytest.mark.parametrize("block", [256, 128])
+def test_causal_query_blocks_match_unblocked_attention(block):
+    t = block * 2 + 37
     rng = np.random.default_rng(0)
     q = jnp.asarray(rng.normal(size=(2, t, 4, 16)), jnp.float32)
     k, v = jnp.asarray(rng.normal(size=(2, 2, t, 2, 16)), jnp.float32)
@@ -78,7 +79,7 @@ def test_causal_query_blocks_match_unblocked_attention():
     real = np.asarray(segments > 0)
 
     def loss(qkv, causal):
-        out = attend(*qkv, mask, causal=causal)
+        out = attend(*qkv, mask, causal=causal, block=block)
         return jnp.sum(jnp.where(real[..., None, None], out, 0) ** 2), out
 
     (_, out_a), grads_a = jax.value_and_grad(loss, has_aux=True)((q, k, v), True)
@@ -87,16 +88,16 @@ def test_causal_query_blocks_match_unblocked_attention():
     jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, atol=1e-4), grads_a, grads_b)
 
 
-@pytest.mark.parametrize("t, causal", [(CAUSAL_BLOCK * 2 + 37, True), (CAUSAL_BLOCK * 2 + 37, False), (100, True)])
-def test_score_elements_counts_the_scores_attend_computes(t, causal):
+@pytest.mark.parametrize("t, causal, block", [(549, True, 256), (549, False, 256), (100, True, 256), (300, True, 128)])
+def test_score_elements_counts_the_scores_attend_computes(t, causal, block):
     # symtune plan sizes attention's backward from this count.
     q = jax.ShapeDtypeStruct((1, t, 4, 8), jnp.float32)
     kv = jax.ShapeDtypeStruct((1, t, 2, 8), jnp.float32)
     mask = jax.ShapeDtypeStruct((1, t, t), jnp.bool_)
-    jaxpr = jax.make_jaxpr(lambda q, k, v, m: attend(q, k, v, m, causal=causal))(q, kv, kv, mask)
+    jaxpr = jax.make_jaxpr(lambda q, k, v, m: attend(q, k, v, m, causal=causal, block=block))(q, kv, kv, mask)
     scores = [e.outvars[0].aval for e in jaxpr.eqns
               if e.primitive.name == "custom_jvp_call" and e.params["call_jaxpr"].jaxpr.eqns]
-    assert sum(int(np.prod(a.shape)) for a in scores) == 4 * score_elements(t, causal)
+    assert sum(int(np.prod(a.shape)) for a in scores) == 4 * score_elements(t, causal, block)
 
 
 @pytest.mark.parametrize("change", [

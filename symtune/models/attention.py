@@ -13,9 +13,6 @@ from symtune.models.config import DecoderConfig
 from symtune.models.layers import add_bias, apply_rope, constrain, dot, einsum_f32, param
 
 NEG_INF = float(jnp.finfo(jnp.float32).min)
-# Query block of causal attention: key blocks above the diagonal are skipped (a quarter of the
-# score FLOPs at T=512, approaching half for long sequences); smaller blocks run slower matmuls.
-CAUSAL_BLOCK = 256
 
 
 class KVCache(NamedTuple):
@@ -52,23 +49,26 @@ def cache_mask(valid: jax.Array, index: jax.Array, length: int) -> jax.Array:
     return (slots[None, :] <= query_slot[:, None])[None] & valid[:, None, :]
 
 
-def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, *, causal: bool = False) -> jax.Array:
-    """softmax(q k^T / sqrt(d)) v: q [B, T, H, D], k/v [B, S, K, D], mask bool [B, T, S] -> [B, T, H, D]."""
+def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, *, causal: bool = False,
+           block: int = 256) -> jax.Array:
+    """softmax(q k^T / sqrt(d)) v: q [B, T, H, D], k/v [B, S, K, D], mask bool [B, T, S] -> [B, T, H, D].
+
+    With `causal`, queries go in blocks of `block` (DecoderConfig.causal_block), each scoring only
+    the keys up to its end: the keys skipped are masked for it anyway.
+    """
     t, s = q.shape[1], k.shape[1]
-    if not causal or t != s or t <= CAUSAL_BLOCK:
+    if not causal or t != s or t <= block:
         return _attend_block(q, k, v, mask)
-    # Each query block scores only the keys up to its end; the keys skipped are masked for it anyway.
-    n = CAUSAL_BLOCK
+    n = block
     return jnp.concatenate([_attend_block(q[:, i:i + n], k[:, :i + n], v[:, :i + n], mask[:, i:i + n, :i + n])
                             for i in range(0, t, n)], axis=1)
 
 
-def score_elements(length: int, causal: bool = True) -> int:
+def score_elements(length: int, causal: bool = True, block: int = 256) -> int:
     """Entries of one head's score matrix in `attend` over `length` tokens (key blocks skipped included)."""
-    if not causal or length <= CAUSAL_BLOCK:
+    if not causal or length <= block:
         return length * length
-    n = CAUSAL_BLOCK
-    return sum(min(n, length - i) * min(i + n, length) for i in range(0, length, n))
+    return sum(min(block, length - i) * min(i + block, length) for i in range(0, length, block))
 
 
 def _attend_block(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
@@ -153,7 +153,7 @@ class Attention(nnx.Module):
             v = jax.lax.dynamic_update_slice_in_dim(cache_v, v.astype(cache_v.dtype), index, axis=1)
             new_cache = (k, v)
             k, v = k.astype(dtype), v.astype(dtype)
-        out = attend(q, k, v, mask, causal=causal and cache is None)
+        out = attend(q, k, v, mask, causal=causal and cache is None, block=c.causal_block)
         out = constrain(out, ("act_batch", "act_len", "act_heads", "act_kv"))
         y = dot(out, self.o.get_value(), "bthk,hkd->btd", dtype)
         if c.out_bias:
