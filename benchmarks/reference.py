@@ -68,10 +68,11 @@ def timed(steps: int, **sides: Callable[[], Step]) -> dict[str, float]:
 
     `sides` maps a name to a picklable factory (a module-level function, or a functools.partial of
     one) that builds the side and returns its step function. Apart, because in one process each
-    side's memory traffic lands on the other: PyTorch returns freed memory to the system and our
-    next step faults it back in (the tart-paper step took 12.1 s alone and 18.2 s alternating with
-    PyTorch steps in one process). After two warm-up steps each, steps alternate between the sides,
-    so load from other processes hits every side alike.
+    side's memory traffic lands on the other (our tart-paper step took 12.1 s alone and 18.2 s
+    alternating with PyTorch steps in one process). After two warm-up steps each, the sides take
+    turns, so load from other processes hits every side alike; each turn is an untimed step and a
+    timed one, as a step straight after a long idle spell is not what training runs (ours took
+    16.5 s after 10 s idle, 11.7 s back to back).
     """
     context = multiprocessing.get_context("spawn")
     workers = {}
@@ -86,8 +87,10 @@ def timed(steps: int, **sides: Callable[[], Step]) -> dict[str, float]:
         times: dict[str, list[float]] = {name: [] for name in sides}
         for _ in range(steps):
             for name, (_, conn) in workers.items():
-                conn.send("step")
-                times[name].append(_reply(name, conn))
+                for _ in range(2):
+                    conn.send("step")
+                    seconds = _reply(name, conn)
+                times[name].append(seconds)
     finally:
         for process, conn in workers.values():
             if process.is_alive():
