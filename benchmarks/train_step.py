@@ -62,7 +62,7 @@ def ours(args: argparse.Namespace) -> Step:
     trainer = Trainer(
         lambda rngs: Decoder(config, rngs=rngs), lm_loss,
         mesh=make_mesh(mesh_config, devices=jax.devices()[:1]), rules=logical_rules(mesh_config.rules),
-        config=TrainerConfig(steps=args.steps + 2),
+        config=TrainerConfig(steps=2 * args.steps + 2),  # warm-ups, then an untimed and a timed step per turn
         optimizer=OptimizerConfig(name="adamw", learning_rate=LEARNING_RATE, grad_clip_norm=1.0),
         flops_per_token=flops_per_token(config, args.seq),
     )
