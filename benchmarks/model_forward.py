@@ -12,10 +12,10 @@ object: value (our tokens/s), unit, and ratio (ours / theirs).
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 
-from reference import Step, float32_preset_and_tokens, parse_args, timed, torch_causal_lm, torch_lm_loss
+from reference import (Step, float32_preset_and_tokens, ours_and_theirs, parse_args, torch_causal_lm,
+                       torch_lm_loss)
 
 from symtune.models.presets import param_count
 
@@ -62,8 +62,7 @@ def main() -> None:
     args = parse_args(__doc__, steps=7)
     config, _ = float32_preset_and_tokens(args)
     n_tokens = args.batch * args.seq
-    median = timed(args.steps, ours=functools.partial(ours, args), theirs=functools.partial(theirs, args))
-    ours_s, theirs_s = median["ours"], median["theirs"]
+    ours_s, theirs_s = ours_and_theirs(args, ours, theirs)
     ours_tps, theirs_tps = n_tokens / ours_s, n_tokens / theirs_s
     print(f"{args.preset} ({param_count(config):,} params), batch {args.batch} x {args.seq}, float32, "
           "each side in its own process on all cores")

@@ -7,6 +7,7 @@ puts this directory on sys.path).
 from __future__ import annotations
 
 import argparse
+import functools
 import multiprocessing
 import statistics
 import time
@@ -61,6 +62,13 @@ def torch_lm_loss(model, tokens: np.ndarray):
         return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1))
 
     return loss
+
+
+def ours_and_theirs(args: argparse.Namespace, ours: Callable[[argparse.Namespace], Step],
+                    theirs: Callable[[argparse.Namespace], Step]) -> tuple[float, float]:
+    """Median seconds per step of our side and the reference, both built from the parsed arguments."""
+    median = timed(args.steps, ours=functools.partial(ours, args), theirs=functools.partial(theirs, args))
+    return median["ours"], median["theirs"]
 
 
 def timed(steps: int, **sides: Callable[[], Step]) -> dict[str, float]:

@@ -17,7 +17,8 @@ import functools
 import json
 
 import numpy as np
-from reference import Step, float32_preset_and_tokens, parse_args, timed, torch_causal_lm, torch_lm_loss
+from reference import (Step, float32_preset_and_tokens, ours_and_theirs, parse_args, timed, torch_causal_lm,
+                       torch_lm_loss)
 
 from symtune.models.presets import flops_per_token, param_count
 
@@ -100,8 +101,7 @@ def main() -> None:
     args = parse_args(__doc__, steps=5)
     config, _ = float32_preset_and_tokens(args)
     n_tokens = args.batch * args.seq
-    median = timed(args.steps, ours=functools.partial(ours, args), theirs=functools.partial(theirs, args))
-    ours_s, theirs_s = median["ours"], median["theirs"]
+    ours_s, theirs_s = ours_and_theirs(args, ours, theirs)
     peak = 2 * PEAK_MATMUL**3 / timed(10, matmul=functools.partial(matmul, PEAK_MATMUL))["matmul"]
     ours_tps, theirs_tps = n_tokens / ours_s, n_tokens / theirs_s
     mfu = flops_per_token(config, args.seq) * ours_tps / peak

@@ -49,8 +49,7 @@ def cache_mask(valid: jax.Array, index: jax.Array, length: int) -> jax.Array:
     return (slots[None, :] <= query_slot[:, None])[None] & valid[:, None, :]
 
 
-def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, *, causal: bool = False,
-           block: int = 256) -> jax.Array:
+def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, *, causal: bool, block: int) -> jax.Array:
     """softmax(q k^T / sqrt(d)) v: q [B, T, H, D], k/v [B, S, K, D], mask bool [B, T, S] -> [B, T, H, D].
 
     With `causal`, queries go in blocks of `block` (DecoderConfig.causal_block), each scoring only
@@ -64,7 +63,7 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, *, causal:
                             for i in range(0, t, n)], axis=1)
 
 
-def score_elements(length: int, causal: bool = True, block: int = 256) -> int:
+def score_elements(length: int, causal: bool, block: int) -> int:
     """Entries of one head's score matrix in `attend` over `length` tokens (key blocks skipped included)."""
     if not causal or length <= block:
         return length * length
@@ -80,7 +79,7 @@ def _attend_block(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> 
     q = q * jnp.asarray(d ** -0.5, dtype)
     q = q.reshape(b, t, kv_heads, groups, d).transpose(0, 2, 3, 1, 4).reshape(b, kv_heads, groups * t, d)
     mask = jnp.broadcast_to(mask[:, None, None], (b, 1, groups, t, s)).reshape(b, 1, groups * t, s)
-    scores = jnp.einsum("bkqd,bskd->bkqs", q, k, preferred_element_type=jnp.float32)
+    scores = einsum_f32("bkqd,bskd->bkqs", q, k, out_dtype=jnp.float32)
     probs = masked_softmax(scores, mask).astype(dtype)
     out = einsum_f32("bkqs,bskd->bkqd", probs, v)
     return out.reshape(b, kv_heads, groups, t, d).transpose(0, 3, 1, 2, 4).reshape(b, t, h, d)

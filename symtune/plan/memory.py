@@ -220,7 +220,8 @@ class Workload:
         layer = sum(n for path, n in local.items() if "layers" in self.logical[path]) // c.num_layers
         # Attention's backward holds two f32 score-sized buffers (the gradients of the
         # probabilities and of the scores) besides the layer's cotangents.
-        scores = 2 * 4 * (c.num_heads // layout.logical_ways("act_heads")) * score_elements(self.seq_len, block=c.causal_block)
+        heads = c.num_heads // layout.logical_ways("act_heads")
+        scores = 2 * 4 * heads * score_elements(self.seq_len, causal=True, block=c.causal_block)
         block = (micro_rows * (max(full.layer_rows // 2, full.layer_rows - saved.layer_rows) + scores)
                  + layer * (fsdp - 1) * (4 + compute_bytes))
         # With microbatches the updates reuse the microbatch gradient's buffer.
