@@ -56,6 +56,7 @@ setup(
     version="0.1.0",
     description="Symbol tuning and TART in JAX/Flax, sharded for TPU pods and GPU clusters.",
     packages=find_packages(include=["symtune", "symtune.*", "tart", "tart.*"]),
+    package_data={"symtune.models": ["cpu_attention.cc"]},  # compiled on first use
     python_requires=">=3.11",
     install_requires=CORE,
     extras_require=EXTRAS,

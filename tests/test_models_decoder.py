@@ -79,7 +79,7 @@ def test_causal_query_blocks_match_unblocked_attention(block):
     real = np.asarray(segments > 0)
 
     def loss(qkv, causal):
-        out = attend(*qkv, mask, causal=causal, block=block)
+        out = attend(*qkv, mask, causal=causal, block=block, impl="xla")
         return jnp.sum(jnp.where(real[..., None, None], out, 0) ** 2), out
 
     (_, out_a), grads_a = jax.value_and_grad(loss, has_aux=True)((q, k, v), True)
@@ -94,7 +94,7 @@ def test_score_elements_counts_the_scores_attend_computes(t, causal, block):
     q = jax.ShapeDtypeStruct((1, t, 4, 8), jnp.float32)
     kv = jax.ShapeDtypeStruct((1, t, 2, 8), jnp.float32)
     mask = jax.ShapeDtypeStruct((1, t, t), jnp.bool_)
-    jaxpr = jax.make_jaxpr(lambda q, k, v, m: attend(q, k, v, m, causal=causal, block=block))(q, kv, kv, mask)
+    jaxpr = jax.make_jaxpr(lambda q, k, v, m: attend(q, k, v, m, causal=causal, block=block, impl="xla"))(q, kv, kv, mask)
     scores = [e.outvars[0].aval for e in jaxpr.eqns
               if e.primitive.name == "custom_jvp_call" and e.params["call_jaxpr"].jaxpr.eqns]
     assert sum(int(np.prod(a.shape)) for a in scores) == 4 * score_elements(t, causal, block)

@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from symtune.models import cpu_attention
 from symtune.models.config import DecoderConfig
 from symtune.models.layers import add_bias, apply_rope, constrain, dot, einsum_f32, param
 
@@ -49,12 +50,17 @@ def cache_mask(valid: jax.Array, index: jax.Array, length: int) -> jax.Array:
     return (slots[None, :] <= query_slot[:, None])[None] & valid[:, None, :]
 
 
-def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, *, causal: bool, block: int) -> jax.Array:
+def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, *, causal: bool, block: int,
+           impl: str) -> jax.Array:
     """softmax(q k^T / sqrt(d)) v: q [B, T, H, D], k/v [B, S, K, D], mask bool [B, T, S] -> [B, T, H, D].
 
-    With `causal`, queries go in blocks of `block` (DecoderConfig.causal_block), each scoring only
-    the keys up to its end: the keys skipped are masked for it anyway.
+    `impl` is DecoderConfig.attention: with "auto" the fused CPU kernel runs where it applies
+    (cpu_attention.applies). Otherwise XLA's einsums: with `causal`, queries go in blocks of `block`
+    (DecoderConfig.causal_block), each scoring only the keys up to its end (the keys skipped are
+    masked for it anyway).
     """
+    if impl == "auto" and cpu_attention.applies(q, k):
+        return cpu_attention.fused_attention(q, k, v, mask)
     t, s = q.shape[1], k.shape[1]
     if not causal or t != s or t <= block:
         return _attend_block(q, k, v, mask)
@@ -152,7 +158,7 @@ class Attention(nnx.Module):
             v = jax.lax.dynamic_update_slice_in_dim(cache_v, v.astype(cache_v.dtype), index, axis=1)
             new_cache = (k, v)
             k, v = k.astype(dtype), v.astype(dtype)
-        out = attend(q, k, v, mask, causal=causal and cache is None, block=c.causal_block)
+        out = attend(q, k, v, mask, causal=causal and cache is None, block=c.causal_block, impl=c.attention)
         out = constrain(out, ("act_batch", "act_len", "act_heads", "act_kv"))
         y = dot(out, self.o.get_value(), "bthk,hkd->btd", dtype)
         if c.out_bias:

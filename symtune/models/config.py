@@ -13,6 +13,7 @@ ACTIVATIONS = ("silu", "gelu", "gelu_tanh")
 POSITIONS = ("rope", "learned")
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
 DTYPES = ("float32", "bfloat16", "float16")
+ATTENTION = ("auto", "xla")
 
 
 @dataclass(frozen=True)
@@ -62,12 +63,15 @@ class DecoderConfig:
     # smaller matmuls: 256 is fastest for pythia-70m at T=512 on CPU, 128 for the TART head
     # (32 x 8 heads of width 32 at T=516), whose scores are 16x larger.
     causal_block: int = 256
+    # "auto": the fused C++ kernel of models/cpu_attention.py where it applies (float32 on one CPU
+    # device), XLA's einsums elsewhere; "xla": always XLA's.
+    attention: str = "auto"
 
     def __post_init__(self):
         for field, allowed in (
             ("family", FAMILIES), ("norm", NORMS), ("activation", ACTIVATIONS),
             ("position", POSITIONS), ("remat_policy", REMAT_POLICIES),
-            ("dtype", DTYPES), ("param_dtype", DTYPES),
+            ("dtype", DTYPES), ("param_dtype", DTYPES), ("attention", ATTENTION),
         ):
             if getattr(self, field) not in allowed:
                 raise UserError(

@@ -134,6 +134,9 @@ class Workload:
         from symtune.models.decoder import Decoder
         from symtune.train.optim import make_optimizer
 
+        # XLA's attention, as the accelerators planned for run it (traced or lowered on one CPU
+        # device, the fused CPU kernel would hide the score buffers this model counts).
+        model = model.replace(attention="xla")
         self.model, self.optimizer, self.loss_fn = model, optimizer, loss_fn
         self.batch_size, self.seq_len, self.steps = batch_size, seq_len, steps
         _, params, _ = nnx.split(nnx.eval_shape(lambda: Decoder(model, rngs=nnx.Rngs(0))), nnx.Param, ...)
