@@ -36,8 +36,10 @@ log = logging.getLogger(__name__)
 SOURCE = Path(__file__).with_name("cpu_attention.cc")
 HEAD_DIMS = (16, 32, 64, 128, 256)  # the head widths the kernel is instantiated for
 # No -ffast-math: the kernel marks queries without keys with NaN. These let reductions vectorize.
-FLAGS = ("-O3", "-march=native", "-mprefer-vector-width=512", "-fno-math-errno", "-fno-trapping-math",
-         "-fassociative-math", "-fno-signed-zeros", "-std=c++17", "-shared", "-fPIC")
+FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math", "-fassociative-math",
+         "-fno-signed-zeros", "-std=c++17", "-shared", "-fPIC",
+         # GCC keeps to 256-bit vectors on x86 unless told; the kernel's loops gain from 512.
+         *(("-mprefer-vector-width=512",) if platform.machine() == "x86_64" else ()))
 FORWARD, BACKWARD = "symtune_attention_fwd", "symtune_attention_bwd"
 
 
