@@ -68,6 +68,7 @@ def build(compiler: str) -> Path:
     target = cache_dir() / f"cpu_attention-{key}.so"
     if target.exists():
         return target
+    log.info("building the fused CPU attention kernel into %s (once per machine)", target)
     target.parent.mkdir(parents=True, exist_ok=True)
     # Several processes may build at once: each writes its own file, the rename is atomic.
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
