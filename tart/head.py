@@ -41,6 +41,7 @@ class HeadConfig:
     max_examples: int = 258
     dtype: str = "float32"  # compute dtype; bfloat16 on accelerators
     remat_policy: str = "none"
+    attention: str = "auto"  # DecoderConfig.attention: "auto" (fused kernel on one CPU device) or "xla"
     init_std: float = 0.02  # GPT-2's; a larger one shortens the initial loss plateau of small heads
     tokens: str = "paper"  # "paper" or "paired" (see the module docstring)
 
@@ -63,7 +64,7 @@ class HeadConfig:
             mlp_dim=4 * self.width, norm="layernorm", activation="gelu_tanh", gated_mlp=False,
             position="learned", qkv_bias=True, out_bias=True, mlp_bias=True,
             max_positions=2 * self.max_examples, dtype=self.dtype, remat_policy=self.remat_policy,
-            init_std=self.init_std, causal_block=128,
+            attention=self.attention, init_std=self.init_std, causal_block=128,
         )
 
 

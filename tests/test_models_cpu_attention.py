@@ -43,7 +43,7 @@ def _value_and_grads(fn, q, k, v, mask, w):
 
 
 @pytest.mark.parametrize("kind", ["causal", "packed", "prefix"])
-@pytest.mark.parametrize("t, heads, kv_heads, head_dim", [(70, 4, 2, 16), (130, 4, 4, 32), (67, 2, 1, 64), (33, 2, 2, 128)])
+@pytest.mark.parametrize("t, heads, kv_heads, head_dim", [(41, 2, 1, 8), (70, 4, 2, 16), (130, 4, 4, 32), (67, 2, 1, 64), (37, 3, 3, 96), (33, 2, 2, 128)])
 def test_fused_attention_matches_xla_in_value_and_gradient(kind, t, heads, kv_heads, head_dim):
     q, k, v, w = _operands(2, t, t, heads, kv_heads, head_dim)
     mask = _masks(2, t)[kind]

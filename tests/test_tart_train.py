@@ -1,5 +1,6 @@
 """Training the TART head on the shared trainer: sharding, determinism, resume, export."""
 
+import dataclasses
 import os
 import signal
 import subprocess
@@ -78,6 +79,24 @@ def test_each_prediction_sees_only_the_examples_before_it(tokens):
     out = np.asarray(head(changed_xs, changed_ys))
     np.testing.assert_allclose(out[0, :5], base[0, :5], atol=1e-6)
     assert not np.allclose(out[0, 5:], base[0, 5:])
+
+
+def test_head_attention_choice_reaches_its_decoder_with_the_same_predictions():
+    from symtune.models import cpu_attention
+
+    config = HeadConfig(num_layers=2, width=32, num_heads=4, max_examples=12)
+    xs = np.random.default_rng(0).standard_normal((2, 12, 16)).astype(np.float32)
+    ys = (xs[..., 0] > 0).astype(np.float32)
+    predictions = {}
+    for attention in ("auto", "xla"):
+        head = TartHead(dataclasses.replace(config, attention=attention), rngs=nnx.Rngs(3))
+        graph, state = nnx.split(head)
+        forward = jax.jit(lambda s, x, y: nnx.merge(graph, s)(x, y))
+        assert (cpu_attention.FORWARD in forward.lower(state, xs, ys).as_text()) == (attention == "auto")
+        predictions[attention] = np.asarray(forward(state, xs, ys))
+    np.testing.assert_allclose(predictions["auto"], predictions["xla"], atol=1e-5)
+    with pytest.raises(UserError, match="DecoderConfig.attention='flash'"):
+        dataclasses.replace(config, attention="flash").decoder()
 
 
 @pytest.mark.parametrize("tokens", ["paper", "paired"])

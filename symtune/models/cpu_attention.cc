@@ -308,12 +308,15 @@ void backward_task(const Dims& n, int64_t b, int64_t kh, float scale, const floa
 template <template <int> class F, typename... Args>
 ffi::Error dispatch(int64_t d, Args&&... args) {
   switch (d) {
+    case 8: F<8>::run(args...); break;
     case 16: F<16>::run(args...); break;
     case 32: F<32>::run(args...); break;
     case 64: F<64>::run(args...); break;
+    case 80: F<80>::run(args...); break;
+    case 96: F<96>::run(args...); break;
     case 128: F<128>::run(args...); break;
     case 256: F<256>::run(args...); break;
-    default: return ffi::Error::InvalidArgument("fused attention supports head_dim 16, 32, 64, 128, 256");
+    default: return ffi::Error::InvalidArgument("fused attention supports head_dim 8, 16, 32, 64, 80, 96, 128, 256");
   }
   return ffi::Error::Success();
 }

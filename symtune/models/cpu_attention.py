@@ -34,7 +34,7 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("cpu_attention.cc")
-HEAD_DIMS = (16, 32, 64, 128, 256)  # the head widths the kernel is instantiated for
+HEAD_DIMS = (8, 16, 32, 64, 80, 96, 128, 256)  # the head widths the kernel is instantiated for
 # No -ffast-math: the kernel marks queries without keys with NaN. These let reductions vectorize.
 FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math", "-fassociative-math",
          "-fno-signed-zeros", "-std=c++17", "-shared", "-fPIC",
