@@ -58,7 +58,8 @@ class DecoderConfig:
     param_dtype: str = "float32"
     remat_policy: str = "none"
     scan_layers: bool = True
-    # Query block of causal attention: key blocks above the diagonal are skipped (a quarter of the
+    # Query block of XLA's causal attention (the fused CPU kernel reads its key ranges from the
+    # mask instead): key blocks above the diagonal are skipped (a quarter of the
     # score FLOPs at T=512, approaching half for long sequences). Smaller blocks skip more but run
     # smaller matmuls: 256 is fastest for pythia-70m at T=512 on CPU, 128 for the TART head
     # (32 x 8 heads of width 32 at T=516), whose scores are 16x larger.
