@@ -60,9 +60,11 @@ def build_top_parser(prog: str, description: str, commands: Sequence[Command]) -
 def run_cli(prog: str, description: str, commands: Sequence[Command], argv: Sequence[str] | None) -> int:
     """Parses argv, applies gin, runs the command; user mistakes are one line on stderr, exit 2."""
     from symtune.config import parse_gin, print_config, split_gin_overrides
-    from symtune.hostenv import HostConfig, apply_host_config, quiet_tensorflow
+    from symtune.hostenv import HostConfig, apply_host_config, quiet_tensorflow, retain_freed_memory, runs_on_cpu_only
 
     quiet_tensorflow()  # before any command module imports TensorFlow
+    if runs_on_cpu_only():
+        retain_freed_memory()  # before TensorFlow or XLA start their threads
 
     argv = list(sys.argv[1:] if argv is None else argv)
     top = build_top_parser(prog, description, commands)
