@@ -79,7 +79,7 @@ def retain_freed_memory() -> bool:
     which glibc maps fresh per step and unmaps after: every step then page-faults it in again
     (930K faults, ~2 s of system time per TART step, 2.5 s more after 10 s idle, when the host
     has reclaimed the pages). One arena, no mmap'd blocks and no trimming keep it resident: TART
-    step 9.0 -> 8.6 s with no idle penalty, pythia-70m fwd+bwd 1.58 -> 1.42 s. The cost: the
+    step 9.0 -> 8.4 s with no idle penalty, pythia-70m fwd+bwd 1.58 -> 1.42 s. The cost: the
     process keeps its peak heap. Must run before any other thread allocates (each thread keeps
     the arena it first used); left alone if the user set malloc's environment themselves.
     """
