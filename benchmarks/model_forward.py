@@ -14,8 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from reference import (Step, float32_preset_and_tokens, ours_and_theirs, parse_args, torch_causal_lm,
-                       torch_lm_loss)
+from reference import Step, float32_preset_and_tokens, parse_args, throughput, torch_causal_lm, torch_lm_loss
 
 from symtune.models.presets import param_count
 
@@ -60,18 +59,14 @@ def theirs(args: argparse.Namespace) -> Step:
 
 def main() -> None:
     args = parse_args(__doc__, steps=7)
-    config, _ = float32_preset_and_tokens(args)
-    n_tokens = args.batch * args.seq
-    ours_s, theirs_s = ours_and_theirs(args, ours, theirs)
-    ours_tps, theirs_tps = n_tokens / ours_s, n_tokens / theirs_s
-    print(f"{args.preset} ({param_count(config):,} params), batch {args.batch} x {args.seq}, float32, "
+    t = throughput(args, ours, theirs)
+    print(f"{args.preset} ({param_count(t.config):,} params), batch {args.batch} x {args.seq}, float32, "
           "each side in its own process on all cores")
     print(f"median of {args.steps} interleaved steps per side")
-    print(f"ours   (JAX/Flax): {ours_s * 1e3:8.1f} ms/step  {ours_tps:8.1f} tokens/s")
-    print(f"theirs (PyTorch):  {theirs_s * 1e3:8.1f} ms/step  {theirs_tps:8.1f} tokens/s")
-    print(json.dumps({"name": f"{args.preset}_fwd_bwd_seq{args.seq}", "value": round(ours_tps, 1),
-                      "unit": "tokens/s", "ratio": round(ours_tps / theirs_tps, 3)}))
-
+    print(f"ours   (JAX/Flax): {t.ours_seconds * 1e3:8.1f} ms/step  {t.ours_tokens_per_s:8.1f} tokens/s")
+    print(f"theirs (PyTorch):  {t.theirs_seconds * 1e3:8.1f} ms/step  {t.theirs_tokens_per_s:8.1f} tokens/s")
+    print(json.dumps({"name": f"{args.preset}_fwd_bwd_seq{args.seq}", "value": round(t.ours_tokens_per_s, 1),
+                      "unit": "tokens/s", "ratio": round(t.ours_tokens_per_s / t.theirs_tokens_per_s, 3)}))
 
 if __name__ == "__main__":
     main()

@@ -12,7 +12,7 @@ import multiprocessing
 import statistics
 import time
 import traceback
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import numpy as np
 
@@ -32,9 +32,14 @@ def parse_args(doc: str, steps: int) -> argparse.Namespace:
     return parser.parse_args()
 
 
+def float32_preset(args: argparse.Namespace) -> DecoderConfig:
+    """The preset in float32."""
+    return get_preset(args.preset).replace(dtype="float32")
+
+
 def float32_preset_and_tokens(args: argparse.Namespace) -> tuple[DecoderConfig, np.ndarray]:
     """The preset in float32 and random tokens [batch, seq + 1] (inputs and shifted targets)."""
-    config = get_preset(args.preset).replace(dtype="float32")
+    config = float32_preset(args)
     return config, np.random.default_rng(0).integers(0, config.vocab_size, (args.batch, args.seq + 1))
 
 
@@ -64,11 +69,32 @@ def torch_lm_loss(model, tokens: np.ndarray):
     return loss
 
 
-def ours_and_theirs(args: argparse.Namespace, ours: Callable[[argparse.Namespace], Step],
-                    theirs: Callable[[argparse.Namespace], Step]) -> tuple[float, float]:
-    """Median seconds per step of our side and the reference, both built from the parsed arguments."""
+class Throughput(NamedTuple):
+    """Both sides of a decoder benchmark: median seconds per step and tokens per second."""
+
+    config: DecoderConfig
+    ours_seconds: float
+    theirs_seconds: float
+    ours_tokens_per_s: float
+    theirs_tokens_per_s: float
+
+
+def throughput(args: argparse.Namespace, ours: Callable[[argparse.Namespace], Step],
+               theirs: Callable[[argparse.Namespace], Step]) -> Throughput:
+    """Times our side and the reference, both built from the parsed arguments, over batch x seq tokens."""
     median = timed(args.steps, ours=functools.partial(ours, args), theirs=functools.partial(theirs, args))
-    return median["ours"], median["theirs"]
+    tokens = args.batch * args.seq
+    return Throughput(float32_preset(args), median["ours"], median["theirs"], tokens / median["ours"],
+                      tokens / median["theirs"])
+
+
+WARMUPS = 2  # steps each side takes before the turns start
+PER_TURN = 2  # an untimed step, then the timed one
+
+
+def steps_run(timed_steps: int) -> int:
+    """Steps `timed` takes of each side (a Trainer's step budget must cover them)."""
+    return WARMUPS + PER_TURN * timed_steps
 
 
 def timed(steps: int, **sides: Callable[[], Step]) -> dict[str, float]:
@@ -80,7 +106,8 @@ def timed(steps: int, **sides: Callable[[], Step]) -> dict[str, float]:
     alternating with PyTorch steps in one process). After two warm-up steps each, the sides take
     turns, so load from other processes hits every side alike; each turn is an untimed step and a
     timed one, as a step straight after a long idle spell is not what training runs (ours took
-    16.5 s after 10 s idle, 11.7 s back to back).
+    16.5 s after 10 s idle, 11.7 s back to back: the host had reclaimed the memory XLA:CPU maps
+    anew for every step's temporaries; see symtune.hostenv.retain_freed_memory).
     """
     context = multiprocessing.get_context("spawn")
     workers = {}
@@ -95,7 +122,7 @@ def timed(steps: int, **sides: Callable[[], Step]) -> dict[str, float]:
         times: dict[str, list[float]] = {name: [] for name in sides}
         for _ in range(steps):
             for name, (_, conn) in workers.items():
-                for _ in range(2):
+                for _ in range(PER_TURN):
                     conn.send("step")
                     seconds = _reply(name, conn)
                 times[name].append(seconds)
@@ -110,8 +137,8 @@ def timed(steps: int, **sides: Callable[[], Step]) -> dict[str, float]:
 def _serve(factory: Callable[[], Step], conn) -> None:
     try:
         step = factory()
-        step()
-        step()
+        for _ in range(WARMUPS):
+            step()
         conn.send(("ok", None))
         while conn.recv() is not None:
             start = time.perf_counter()

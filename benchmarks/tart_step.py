@@ -17,7 +17,7 @@ import functools
 import json
 import os
 
-from reference import timed
+from reference import steps_run, timed
 
 BATCH, EXAMPLES = 32, 258
 TARGET = 1.0
@@ -36,7 +36,7 @@ def ours_step(steps: int):
 
     synthetic = SyntheticConfig(dims_start=16, examples_start=EXAMPLES)
     trainer = build_trainer(head_config("tart-paper"), synthetic, EXAMPLES, MeshConfig(),
-                            TrainerConfig(steps=2 * steps + 2),
+                            TrainerConfig(steps=steps_run(steps)),
                             OptimizerConfig(learning_rate=1e-4, b2=0.999, grad_clip_norm=None))
     state = trainer.init_state()
     batches = step_batches(BATCH, 0)

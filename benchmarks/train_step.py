@@ -17,7 +17,7 @@ import functools
 import json
 
 import numpy as np
-from reference import (Step, float32_preset_and_tokens, ours_and_theirs, parse_args, timed, torch_causal_lm,
+from reference import (Step, float32_preset_and_tokens, parse_args, steps_run, throughput, timed, torch_causal_lm,
                        torch_lm_loss)
 
 from symtune.models.presets import flops_per_token, param_count
@@ -63,7 +63,7 @@ def ours(args: argparse.Namespace) -> Step:
     trainer = Trainer(
         lambda rngs: Decoder(config, rngs=rngs), lm_loss,
         mesh=make_mesh(mesh_config, devices=jax.devices()[:1]), rules=logical_rules(mesh_config.rules),
-        config=TrainerConfig(steps=2 * args.steps + 2),  # warm-ups, then an untimed and a timed step per turn
+        config=TrainerConfig(steps=steps_run(args.steps)),
         optimizer=OptimizerConfig(name="adamw", learning_rate=LEARNING_RATE, grad_clip_norm=1.0),
         flops_per_token=flops_per_token(config, args.seq),
     )
@@ -99,20 +99,18 @@ def theirs(args: argparse.Namespace) -> Step:
 
 def main() -> None:
     args = parse_args(__doc__, steps=5)
-    config, _ = float32_preset_and_tokens(args)
-    n_tokens = args.batch * args.seq
-    ours_s, theirs_s = ours_and_theirs(args, ours, theirs)
+    t = throughput(args, ours, theirs)
     peak = 2 * PEAK_MATMUL**3 / timed(10, matmul=functools.partial(matmul, PEAK_MATMUL))["matmul"]
-    ours_tps, theirs_tps = n_tokens / ours_s, n_tokens / theirs_s
-    mfu = flops_per_token(config, args.seq) * ours_tps / peak
-    print(f"{args.preset} ({param_count(config):,} params), batch {args.batch} x {args.seq}, float32, "
+    mfu = flops_per_token(t.config, args.seq) * t.ours_tokens_per_s / peak
+    print(f"{args.preset} ({param_count(t.config):,} params), batch {args.batch} x {args.seq}, float32, "
           f"AdamW; each side in its own process; matmul peak {peak / 1e9:.0f} GFLOP/s")
     print(f"median of {args.steps} interleaved steps per side")
-    print(f"ours   (symtune Trainer): {ours_s * 1e3:8.1f} ms/step  {ours_tps:8.1f} tokens/s  MFU {mfu:.1%}")
-    print(f"theirs (PyTorch loop):    {theirs_s * 1e3:8.1f} ms/step  {theirs_tps:8.1f} tokens/s")
-    print(json.dumps({"name": f"{args.preset}_train_step_seq{args.seq}", "value": round(ours_tps, 1),
-                      "unit": "tokens/s", "ratio": round(ours_tps / theirs_tps, 3), "mfu": round(mfu, 4)}))
-
+    print(f"ours   (symtune Trainer): {t.ours_seconds * 1e3:8.1f} ms/step  {t.ours_tokens_per_s:8.1f} tokens/s  "
+          f"MFU {mfu:.1%}")
+    print(f"theirs (PyTorch loop):    {t.theirs_seconds * 1e3:8.1f} ms/step  {t.theirs_tokens_per_s:8.1f} tokens/s")
+    print(json.dumps({"name": f"{args.preset}_train_step_seq{args.seq}", "value": round(t.ours_tokens_per_s, 1),
+                      "unit": "tokens/s", "ratio": round(t.ours_tokens_per_s / t.theirs_tokens_per_s, 3),
+                      "mfu": round(mfu, 4)}))
 
 if __name__ == "__main__":
     main()

@@ -182,39 +182,65 @@ float row_max(const float* x, int64_t n) {
   return mx;
 }
 
+// The mask row's allowed keys among [0, n) as 1/0 floats in keep; false when it allows none.
+bool allowed_keys(const bool* mask_row, int64_t n, float* keep) {
+  const auto* m = reinterpret_cast<const uint8_t*>(mask_row);
+  if (n <= 0 || std::memchr(m, 1, n) == nullptr) return false;
+  for (int64_t j = 0; j < n; ++j) keep[j] = static_cast<float>(m[j]);
+  return true;
+}
+
+// row[j] = exp(row[j] - mx) for allowed keys and 0 for the others; returns their sum.
+float exp_row(float* row, const float* keep, int64_t n, float mx) {
+  float sum = 0;
+  for (int64_t j = 0; j < n; ++j) {
+    float e = fast_exp(row[j] - mx) * keep[j];
+    row[j] = e;
+    sum += e;
+  }
+  return sum;
+}
+
 // Softmax of score rows [0, rows) over keys [lo, hi) in place (row stride ld), masked by `mask`
-// (row stride s). Writes each row's log-sum-exp, or, given it, only exponentiates against it.
-// A row with no allowed key gets probabilities 0 here and lse NaN: callers spread it evenly.
+// (row stride s), writing each row's log-sum-exp. A row with no allowed key gets probabilities 0
+// here and lse NaN: callers spread it evenly.
 void softmax_rows(const bool* mask, int64_t s, int64_t rows, int64_t lo, int64_t hi, float* probs,
-                  int64_t ld, float* lse, bool lse_given) {
-  std::vector<float> keep(std::max<int64_t>(hi - lo, 0));
+                  int64_t ld, float* lse) {
+  int64_t n = hi - lo;
+  std::vector<float> keep(std::max<int64_t>(n, 0));
   for (int64_t r = 0; r < rows; ++r) {
     float* row = probs + r * ld + lo;
-    const uint8_t* m = reinterpret_cast<const uint8_t*>(mask + r * s) + lo;
-    int64_t n = hi - lo;
-    if (n <= 0 || std::memchr(m, 1, n) == nullptr) {
+    if (!allowed_keys(mask + r * s + lo, n, keep.data())) {
       std::fill(row, row + std::max<int64_t>(n, 0), 0.f);
-      if (!lse_given) lse[r] = NAN;
+      lse[r] = NAN;
       continue;
     }
-    for (int64_t j = 0; j < n; ++j) keep[j] = static_cast<float>(m[j]);
-    float mx = lse_given ? lse[r] : -INFINITY;
-    if (!lse_given) {
-      for (int64_t j = 0; j < n; ++j) row[j] = row[j] * keep[j] + (keep[j] - 1.f) * 1e30f;
-      mx = row_max(row, n);
-    }
-    float sum = 0;
-    for (int64_t j = 0; j < n; ++j) {
-      float e = fast_exp(row[j] - mx) * keep[j];
-      row[j] = e;
-      sum += e;
-    }
-    if (!lse_given) {
-      float inv = 1.f / sum;
-      for (int64_t j = 0; j < n; ++j) row[j] *= inv;
-      lse[r] = mx + std::log(sum);
-    }
+    for (int64_t j = 0; j < n; ++j) row[j] = row[j] * keep[j] + (keep[j] - 1.f) * 1e30f;
+    float mx = row_max(row, n);
+    float sum = exp_row(row, keep.data(), n, mx);
+    float inv = 1.f / sum;
+    for (int64_t j = 0; j < n; ++j) row[j] *= inv;
+    lse[r] = mx + std::log(sum);
   }
+}
+
+// The forward pass's probabilities again, from its scores (in place) and log-sum-exps.
+void probs_from_lse(const bool* mask, int64_t s, int64_t rows, int64_t lo, int64_t hi, float* probs,
+                    int64_t ld, const float* lse) {
+  int64_t n = hi - lo;
+  std::vector<float> keep(std::max<int64_t>(n, 0));
+  for (int64_t r = 0; r < rows; ++r) {
+    float* row = probs + r * ld + lo;
+    if (allowed_keys(mask + r * s + lo, n, keep.data())) exp_row(row, keep.data(), n, lse[r]);
+    else std::fill(row, row + std::max<int64_t>(n, 0), 0.f);
+  }
+}
+
+// One (batch, kv head)'s keys or values, contiguous [S][D] in rows and, if wanted, [D][S] in cols.
+template <int D>
+void load_head(const Dims& n, int64_t b, int64_t kh, const float* x, float* rows, float* cols) {
+  gather<D>(x + b * n.s * n.kv * D, n.s, n.kv, kh, 1.f, rows);
+  if (cols != nullptr) transpose(rows, D, n.s, D, cols);
 }
 
 template <int D>
@@ -222,9 +248,8 @@ void forward_task(const Dims& n, int64_t b, int64_t kh, float scale, const float
                   const float* v, const bool* mask, float* out, float* lse) {
   std::vector<float> kt(D * n.s), kc(n.s * D), vc(n.s * D), vmean(D, 0.f), qb(kRows * D),
       probs(kRows * n.s), ob(kRows * D);
-  gather<D>(k + b * n.s * n.kv * D, n.s, n.kv, kh, 1.f, kc.data());
-  transpose(kc.data(), D, n.s, D, kt.data());
-  gather<D>(v + b * n.s * n.kv * D, n.s, n.kv, kh, 1.f, vc.data());
+  load_head<D>(n, b, kh, k, kc.data(), kt.data());
+  load_head<D>(n, b, kh, v, vc.data(), nullptr);
   for (int64_t j = 0; j < n.s; ++j)
     for (int e = 0; e < D; ++e) vmean[e] += vc[j * D + e] / n.s;
   const bool* m = mask + b * n.t * n.s;
@@ -237,7 +262,7 @@ void forward_task(const Dims& n, int64_t b, int64_t kh, float scale, const float
       const float* qrows = q + (b * n.t + r0) * n.h * D;
       gather<D>(qrows, rows, n.h, h, scale, qb.data());
       if (hi > lo) gemm_abt<D>(qb.data(), kt.data() + lo, n.s, rows, hi - lo, probs.data() + lo, n.s);
-      softmax_rows(m + r0 * n.s, n.s, rows, lo, hi, probs.data(), n.s, lrow + r0, false);
+      softmax_rows(m + r0 * n.s, n.s, rows, lo, hi, probs.data(), n.s, lrow + r0);
       gemm_ab<D>(probs.data() + lo, n.s, vc.data() + lo * D, rows, std::max<int64_t>(hi - lo, 0), ob.data(), false);
       for (int64_t r = 0; r < rows; ++r)
         if (std::isnan(lrow[r0 + r])) std::memcpy(ob.data() + r * D, vmean.data(), D * sizeof(float));
@@ -253,10 +278,8 @@ void backward_task(const Dims& n, int64_t b, int64_t kh, float scale, const floa
   std::vector<float> kt(D * n.s), vt(D * n.s), kc(n.s * D), vc(n.s * D), qb(kRows * D), ob(kRows * D),
       dob(kRows * D), dqb(kRows * D), probs(kRows * n.s), ds(kRows * n.s), tr(n.s * kRows),
       delta(kRows), dkc(n.s * D, 0.f), dvc(n.s * D, 0.f);
-  gather<D>(k + b * n.s * n.kv * D, n.s, n.kv, kh, 1.f, kc.data());
-  gather<D>(v + b * n.s * n.kv * D, n.s, n.kv, kh, 1.f, vc.data());
-  transpose(kc.data(), D, n.s, D, kt.data());
-  transpose(vc.data(), D, n.s, D, vt.data());
+  load_head<D>(n, b, kh, k, kc.data(), kt.data());
+  load_head<D>(n, b, kh, v, vc.data(), vt.data());
   const bool* m = mask + b * n.t * n.s;
   for (int64_t g = 0; g < n.groups(); ++g) {
     int64_t h = kh * n.groups() + g;
@@ -285,7 +308,7 @@ void backward_task(const Dims& n, int64_t b, int64_t kh, float scale, const floa
       }
       gemm_abt<D>(qb.data(), kt.data() + lo, n.s, rows, cols, probs.data() + lo, n.s);
       gemm_abt<D>(dob.data(), vt.data() + lo, n.s, rows, cols, ds.data() + lo, n.s);
-      softmax_rows(m + r0 * n.s, n.s, rows, lo, hi, probs.data(), n.s, const_cast<float*>(lrow) + r0, true);
+      probs_from_lse(m + r0 * n.s, n.s, rows, lo, hi, probs.data(), n.s, lrow + r0);
       for (int64_t r = 0; r < rows; ++r) {
         float* p = probs.data() + r * n.s;
         float* d = ds.data() + r * n.s;

@@ -82,9 +82,10 @@ def _dot_bwd(spec, out_dtype, residuals, g):
     if xs[:lead] == out[:lead] and x.size > g.size:
         n = math.prod(x.shape[:lead])
         dw = jax.lax.dot_general(x.reshape(n, -1), g.reshape(n, -1), (((0,), (0,)), ((), ())),
-                                 preferred_element_type=w.dtype).reshape([*x.shape[lead:], *g.shape[lead:]])
+                                 preferred_element_type=jnp.float32)
+        dw = dw.astype(w.dtype).reshape([*x.shape[lead:], *g.shape[lead:]])
     else:
-        dw = jnp.einsum(f"{xs},{out}->{natural}", x, g, preferred_element_type=w.dtype)
+        dw = einsum_f32(f"{xs},{out}->{natural}", x, g, out_dtype=w.dtype)
     return dx, jnp.transpose(dw, [natural.index(c) for c in ws])
 
 
