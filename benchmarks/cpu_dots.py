@@ -41,9 +41,9 @@ def operands(args: argparse.Namespace) -> list[tuple[np.ndarray, np.ndarray, np.
             for i, o in weight_shapes(float32_preset(args))]
 
 
-def flops(args: argparse.Namespace) -> float:
-    """Floating-point operations of one step: three products of 2 * N * in * out each."""
-    return sum(6 * args.batch * args.seq * i * o for i, o in weight_shapes(float32_preset(args)))
+def flops(shapes: list[tuple[int, int]], tokens: int) -> float:
+    """Floating-point operations of one step: three products of 2 * tokens * in * out per weight."""
+    return sum(6 * tokens * i * o for i, o in shapes)
 
 
 def ours(args: argparse.Namespace) -> Step:
@@ -77,9 +77,9 @@ def theirs(args: argparse.Namespace) -> Step:
 def main() -> None:
     args = parse_args(__doc__, steps=7)
     median = timed(args.steps, ours=functools.partial(ours, args), theirs=functools.partial(theirs, args))
-    work = flops(args)
-    print(f"{args.preset}: {len(weight_shapes(float32_preset(args))) * 3} float32 products over "
-          f"{args.batch * args.seq} tokens, {work / 1e9:.1f} GFLOP per step")
+    shapes, tokens = weight_shapes(float32_preset(args)), args.batch * args.seq
+    work = flops(shapes, tokens)
+    print(f"{args.preset}: {len(shapes) * 3} float32 products over {tokens} tokens, {work / 1e9:.1f} GFLOP per step")
     print(f"ours   (XLA:CPU dot): {median['ours'] * 1e3:8.1f} ms/step  {work / median['ours'] / 1e9:6.1f} GFLOP/s")
     print(f"theirs (PyTorch mm):  {median['theirs'] * 1e3:8.1f} ms/step  {work / median['theirs'] / 1e9:6.1f} GFLOP/s")
     print(json.dumps({"name": f"{args.preset}_dots_seq{args.seq}", "value": round(work / median["ours"] / 1e9, 1),

@@ -70,22 +70,32 @@ def torch_lm_loss(model, tokens: np.ndarray):
 
 
 class Throughput(NamedTuple):
-    """Both sides of a decoder benchmark: median seconds per step and tokens per second."""
+    """Both sides of a decoder benchmark: median seconds per step over `tokens` tokens a step."""
 
     config: DecoderConfig
+    tokens: int
     ours_seconds: float
     theirs_seconds: float
-    ours_tokens_per_s: float
-    theirs_tokens_per_s: float
+
+    @property
+    def ours_tokens_per_s(self) -> float:
+        return self.tokens / self.ours_seconds
+
+    @property
+    def theirs_tokens_per_s(self) -> float:
+        return self.tokens / self.theirs_seconds
+
+    @property
+    def ratio(self) -> float:
+        """Our throughput over the reference's."""
+        return self.theirs_seconds / self.ours_seconds
 
 
 def throughput(args: argparse.Namespace, ours: Callable[[argparse.Namespace], Step],
                theirs: Callable[[argparse.Namespace], Step]) -> Throughput:
     """Times our side and the reference, both built from the parsed arguments, over batch x seq tokens."""
     median = timed(args.steps, ours=functools.partial(ours, args), theirs=functools.partial(theirs, args))
-    tokens = args.batch * args.seq
-    return Throughput(float32_preset(args), median["ours"], median["theirs"], tokens / median["ours"],
-                      tokens / median["theirs"])
+    return Throughput(float32_preset(args), args.batch * args.seq, median["ours"], median["theirs"])
 
 
 WARMUPS = 2  # steps each side takes before the turns start
