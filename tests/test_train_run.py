@@ -42,6 +42,19 @@ def gin_clean():
     gin.clear_config()
 
 
+def assert_equal_up_to_reduction_order(actual: np.ndarray, expected: np.ndarray, name: str) -> None:
+    """Float32 sums taken in another order (another process count) agree norm-wise, not elementwise.
+
+    Reordering a reduction perturbs each result by a few ulps of the sum of magnitudes, so a tensor
+    stays close in norm; an element whose gradient nearly cancels can move far more in relative
+    terms (Adam normalises it), so only a small share of elements may miss an elementwise rtol.
+    """
+    diff = np.abs(actual.astype(np.float64) - expected)
+    assert np.linalg.norm(diff) <= 1e-5 * np.linalg.norm(expected), f"{name}: norm-wise error too large"
+    outside = diff > 1e-5 * np.abs(expected) + 1e-7
+    assert outside.mean() <= 1e-4, f"{name}: {outside.sum()} of {outside.size} elements differ"
+
+
 def trained_params(run_dir) -> dict[str, np.ndarray]:
     """The params of a run's newest checkpoint as numpy, by path."""
     config = read_model_spec(run_dir).config
@@ -184,7 +197,7 @@ def test_two_local_processes_train_like_one_and_one_process_resumes_their_run(tm
                                rtol=1e-5)
     expected = trained_params(single)
     for name, value in trained_params(multi).items():
-        np.testing.assert_allclose(value, expected[name], rtol=1e-5, atol=1e-7, err_msg=name)
+        assert_equal_up_to_reduction_order(value, expected[name], name)
     more = [a for a in args if "steps" not in a] + ["--gin.TrainerConfig.steps=8"]
     resumed = subprocess.run(cli(*more, f"--run_dir={multi}"), env=env, cwd=repo_root, capture_output=True,
                              text=True, check=True)
