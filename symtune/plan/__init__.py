@@ -12,9 +12,12 @@ not fit, the smallest change of mesh, remat or microbatches that does (symtune.p
 
 It then builds the real Trainer on a simulated CPU mesh of the same shape (the command simulates
 as many CPU devices as the topology has chips before JAX starts) and lowers the train step with
-abstract arrays: the shardings are proven valid without allocating anything. `--compile` also
-compiles the step and prints XLA:CPU's memory analysis beside the estimate; XLA:CPU keeps f32
-copies of bf16 values, so for a like-for-like check override the compute dtype to float32.
+abstract arrays: the shardings are proven valid without allocating anything. `--compile` instead
+compiles the step for the target itself, without its hardware (symtune.plan.targets: libtpu for
+TPU slices, the CUDA plugin for GPUs), and prints that compiler's memory per chip beside the
+estimate, for the configured layout, the suggested one (compiling the next candidates when the
+compiler puts it over budget) and the smallest larger slice. Without the target's compiler it
+falls back to XLA:CPU on the simulated mesh, says so, and labels the figures.
 """
 
 from __future__ import annotations
@@ -31,8 +34,8 @@ from typing import Any
 import symtune.train.run  # noqa: F401
 from symtune.errors import UserError
 from symtune.models.config import DecoderConfig
-from symtune.plan.memory import FEATURES, Layout, Workload, layout_from_config
-from symtune.plan.search import describe_changes, smallest_fitting_change
+from symtune.plan.memory import FEATURES, Layout, Memory, Workload, layout_from_config
+from symtune.plan.search import describe_changes, fitting_changes, smallest_fitting_change, smallest_fitting_slice
 from symtune.plan.topology import ACCELERATORS, GiB, TOPOLOGY_FORMS, Topology, parse_topology
 
 USES_GIN = True
@@ -49,8 +52,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"model FLOPs utilisation assumed for step time (default {DEFAULT_MFU})")
     parser.add_argument("--out", help="a directory to write plan.json into")
     parser.add_argument("--compile", action="store_true",
-                        help="also compile the step on the simulated mesh and print XLA:CPU's memory "
-                             "analysis (minutes for big models)")
+                        help="also compile the step with the target's own compiler (TPU or GPU, "
+                             "deviceless; XLA:CPU when it is not installed) and print its memory per chip "
+                             "beside the estimate (about a minute per layout for 8B models)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -70,41 +74,56 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def lower_step(workload: Workload, layout: Layout, *, compile: bool = False) -> dict[str, Any]:
-    """Builds the real Trainer on a CPU mesh of the layout's shape and lowers its step with abstract
-    arrays (with `compile`, compiles it too and adds XLA's memory analysis); allocates nothing."""
+def lower_step(workload: Workload, layout: Layout, *, compile: bool = False,
+               devices: list | None = None) -> dict[str, Any]:
+    """Builds the real Trainer on a mesh of the layout's shape and lowers its step with abstract
+    arrays; allocates nothing. The mesh is over `devices` (a target's, for deviceless compilation;
+    default: this process's simulated CPU devices). With `compile`, compiles it too and adds the
+    compiler's memory per chip (`compiler_bytes_per_chip`; for a TPU program over HBM, the figure
+    from the compiler's error, with `out_of_memory`)."""
     import jax
     import jax.numpy as jnp
 
     from symtune.models.decoder import Decoder
+    from symtune.plan.targets import out_of_memory_bytes
     from symtune.train.mesh import MeshConfig, logical_rules, make_mesh
     from symtune.train.trainer import Trainer, TrainerConfig
 
-    if len(jax.devices()) < layout.chips:
-        raise UserError(f"lowering on {layout.chips} devices, but JAX has {len(jax.devices())}; run `symtune "
-                        "plan` in a fresh process, which simulates the devices before JAX starts")
+    if devices is None:
+        devices = jax.devices()
+        if len(devices) < layout.chips:
+            raise UserError(f"lowering on {layout.chips} devices, but JAX has {len(devices)}; run `symtune "
+                            "plan` in a fresh process, which simulates the devices before JAX starts")
     start = time.perf_counter()
-    mesh = make_mesh(MeshConfig(**layout.mesh, rules=layout.rules), jax.devices()[:layout.chips])
+    mesh = make_mesh(MeshConfig(**layout.mesh, rules=layout.rules), devices[:layout.chips])
     model = workload.model.replace(remat_policy=layout.remat)
     trainer = Trainer(
         lambda rngs: Decoder(model, rngs=rngs), workload.loss_fn, mesh=mesh, rules=logical_rules(layout.rules),
         config=TrainerConfig(steps=workload.steps, microbatches=layout.microbatches), optimizer=workload.optimizer)
     batch = {k: jax.ShapeDtypeStruct((workload.batch_size, workload.seq_len), jnp.int32) for k in FEATURES}
-    result: dict[str, Any] = {"devices": layout.chips, "platform": mesh.devices.flat[0].platform}
+    platform = mesh.devices.flat[0].platform
+    result: dict[str, Any] = {"devices": layout.chips, "platform": "cuda" if platform == "gpu" else platform}
     if compile:
-        trainer.compile_step(batch)
-        result["xla_memory_bytes"] = trainer.memory_per_device()
+        try:
+            trainer.compile_step(batch)
+        except Exception as e:  # XLA's runtime error type moves between jax versions
+            needed = out_of_memory_bytes(e)
+            if needed is None:
+                raise
+            result.update(compiler_bytes_per_chip=needed, out_of_memory=True)
+        else:
+            m = result["memory_analysis"] = trainer.memory_per_device()
+            result["compiler_bytes_per_chip"] = m["arguments"] + m["outputs"] - m["aliased"] + m["temporaries"]
     else:
         trainer.lower_step(batch)
     result["seconds"] = round(time.perf_counter() - start, 1)
     return result
 
 
-def make_plan(topology: Topology, *, mfu: float = DEFAULT_MFU, compile: bool = False,
-              lower: bool = True) -> dict[str, Any]:
-    """The plan for the gin-configured run on `topology`, as a JSON-ready dict."""
+def configured_workload(topology: Topology) -> tuple[Workload, Layout]:
+    """The gin-configured run's workload (estimating for the topology's compiler) and its layout
+    on the topology; a UserError when the layout cannot split the batch or a parameter."""
     from symtune.data.pipeline import TrainData
-    from symtune.models.presets import flops_per_token, param_count
     from symtune.train.lm_objective import lm_loss
     from symtune.train.mesh import MeshConfig
     from symtune.train.optim import OptimizerConfig
@@ -116,9 +135,22 @@ def make_plan(topology: Topology, *, mfu: float = DEFAULT_MFU, compile: bool = F
     check_positions(data.seq_len, model)
     loss_fn = functools.partial(lm_loss, bidirectional_prefix=run.bidirectional_prefix)
     workload = Workload(model, OptimizerConfig(), batch_size=data.batch_size, seq_len=data.seq_len,
-                        steps=trainer.steps, loss_fn=loss_fn)
+                        steps=trainer.steps, loss_fn=loss_fn, platform=topology.platform)
     layout = layout_from_config(MeshConfig(), topology.chips, model.remat_policy, trainer.microbatches)
     workload.check(layout)
+    return workload, layout
+
+
+def make_plan(topology: Topology, *, mfu: float = DEFAULT_MFU, compile: bool = False,
+              lower: bool = True) -> dict[str, Any]:
+    """The plan for the gin-configured run on `topology`, as a JSON-ready dict."""
+    from symtune.data.pipeline import TrainData
+    from symtune.models.presets import flops_per_token, param_count
+    from symtune.train.trainer import TrainerConfig
+
+    data, trainer = TrainData(), TrainerConfig()
+    workload, layout = configured_workload(topology)
+    model = workload.model
 
     budget = topology.accelerator.hbm_bytes * HBM_BUDGET
     memory = workload.memory(layout)
@@ -153,11 +185,63 @@ def make_plan(topology: Topology, *, mfu: float = DEFAULT_MFU, compile: bool = F
         overrides = dict(_gin_value("model_config.overrides") or {})
         plan["suggestion"] = {"layout": dataclasses.asdict(new_layout), "memory_bytes": new_memory.as_dict(),
                               "changes": describe_changes(layout, new_layout, overrides)}
-    if lower:
-        plan["lowered"] = {"configured": lower_step(workload, layout, compile=compile)}
+    if not plan["fits"] and not suggestion:
+        larger = smallest_fitting_slice(workload, layout, topology, budget)
+        if larger:
+            bigger, big_layout, big_memory = larger
+            plan["larger_slice"] = {"topology": bigger.name, "chips": bigger.chips,
+                                    "layout": dataclasses.asdict(big_layout), "memory_bytes": big_memory.as_dict()}
+    if compile:
+        plan["compiled"] = compile_layouts(workload, topology, layout, plan, budget)
+    elif lower:
+        plan["lowered"] = {"configured": lower_step(workload, layout)}
         if suggestion:
             plan["lowered"]["suggested"] = lower_step(workload, suggestion[0])
     return plan
+
+
+MAX_CONFIRMING_COMPILES = 3  # suggested layouts compiled before the plan gives up confirming one
+
+
+def compile_layouts(workload: Workload, topology: Topology, layout: Layout, plan: dict[str, Any],
+                    budget: float) -> dict[str, Any]:
+    """Compiles the configured layout, and the suggested one, with the target's own compiler (XLA:CPU
+    on simulated devices when it is not installed: labelled, and said once); a suggestion the
+    compiler puts over budget gives way to the next layout that the estimate fits, up to
+    MAX_CONFIRMING_COMPILES compiles."""
+    from symtune.plan.targets import INSTALL_HINT, compiler_installed, target_devices
+
+    platform = topology.platform
+    devices = target_devices(topology) if compiler_installed(platform) else None
+    if devices is None:
+        print(f"note: the {platform.upper()} compiler is not installed ({INSTALL_HINT}); compiling with XLA:CPU "
+              "on simulated devices instead, whose memory model differs", flush=True)
+
+    def compiled(which_layout: Layout, memory: Memory, devices_=devices) -> dict[str, Any]:
+        low = lower_step(workload, which_layout, compile=True, devices=devices_)
+        return {**low, "estimate_bytes_per_chip": memory.total,
+                "fits": low["compiler_bytes_per_chip"] <= budget and not low.get("out_of_memory")}
+
+    result = {"configured": compiled(layout, workload.memory(layout))}
+    if plan["suggestion"]:
+        tried = 0
+        for candidate, memory in fitting_changes(workload, layout, budget):
+            result["suggested"] = compiled(candidate, memory)
+            tried += 1
+            if result["suggested"]["fits"] or tried == MAX_CONFIRMING_COMPILES:
+                break
+            print(f"note: the compiler puts {candidate.describe()} over budget "
+                  f"({result['suggested']['compiler_bytes_per_chip'] / GiB:.1f} GiB); trying the next layout",
+                  flush=True)
+        if candidate != Layout(**plan["suggestion"]["layout"]):
+            overrides = dict(_gin_value("model_config.overrides") or {})
+            plan["suggestion"] = {"layout": dataclasses.asdict(candidate), "memory_bytes": memory.as_dict(),
+                                  "changes": describe_changes(layout, candidate, overrides)}
+    if plan.get("larger_slice") and devices is not None:  # XLA:CPU would need more simulated devices
+        big_layout = Layout(**plan["larger_slice"]["layout"])
+        big_devices = target_devices(parse_topology(plan["larger_slice"]["topology"]))
+        result["larger_slice"] = compiled(big_layout, workload.memory(big_layout), big_devices)
+    return result
 
 
 def _model_config(warm_start: str | None) -> DecoderConfig:
@@ -213,6 +297,7 @@ def format_plan(plan: dict[str, Any]) -> str:
         "optimizer": optimizer.get(run["optimizer"], run["optimizer"]),
         "activations": f"saved for the backward pass: {rows // layout.microbatches} row(s) x "
                        f"{run['seq_len']:,} tokens, remat {layout.remat}",
+        "gathered": "compute-dtype layer weights XLA:TPU gathers once for all microbatches",
         "working": f"transient peak: {mem['peak']}",
         "batch": f"{rows} row(s) of int32 features",
     }
@@ -226,7 +311,7 @@ def format_plan(plan: dict[str, Any]) -> str:
         f"layout       {layout.describe()}",
         "",
         "memory per chip (estimate)",
-        *[f"  {name:<12}{_bytes(mem[name])}   {note}" for name, note in notes.items()],
+        *[f"  {name:<12}{_bytes(mem[name])}   {note}" for name, note in notes.items() if mem[name] or name != "gathered"],
         f"  {'total':<12}{_bytes(mem['total'])}   of {budget / GiB:.1f} GiB usable ({HBM_BUDGET:.0%} of "
         f"{topo['hbm_bytes'] / GiB:.0f} GiB HBM)",
         "",
@@ -254,13 +339,24 @@ def format_plan(plan: dict[str, Any]) -> str:
                   *[f"             {change}" for change in s["changes"]]]
     else:
         lines += ["", f"verdict      does not fit: {total} > {budget / GiB:.1f} GiB per chip, and no mesh, remat "
-                      f"or microbatch change on {topo['chips']} chips fits: use more or larger chips"]
+                      f"or microbatch change on {topo['chips']} chips fits"]
+        big = plan.get("larger_slice")
+        if big:
+            lines.append(f"             the smallest {accelerator.name} slice that fits: {big['topology']} "
+                         f"({big['chips']} chips), {Layout(**big['layout']).describe()}: "
+                         f"{big['memory_bytes']['total'] / GiB:.1f} GiB per chip")
+        else:
+            lines.append("             on no larger slice either: use larger chips")
     for which, low in plan.get("lowered", {}).items():
         lines.append(f"lowered      the train step ({which} layout) on a simulated {low['devices']}-device "
                      f"{low['platform'].upper()} mesh with abstract arrays: shardings valid ({low['seconds']} s)")
-        if "xla_memory_bytes" in low:
-            x = low["xla_memory_bytes"]
-            lines.append(f"             XLA:{low['platform'].upper()} per device: arguments {x['arguments'] / GiB:.2f}"
-                         f" GiB + temporaries {x['temporaries'] / GiB:.2f} GiB = "
-                         f"{(x['arguments'] + x['temporaries']) / GiB:.2f} GiB (estimate {mem['total'] / GiB:.2f} GiB)")
+    for which, c in plan.get("compiled", {}).items():
+        where = f"{c['devices']} simulated CPU devices (XLA:CPU)" if c["platform"] == "cpu" else \
+            f"{c['devices']} {c['platform'].upper()} devices"
+        error = c["compiler_bytes_per_chip"] / c["estimate_bytes_per_chip"] - 1
+        over = ", over HBM" if c.get("out_of_memory") else ""
+        lines.append(f"compiled     the train step ({which.replace('_', ' ')} layout) for {where} in {c['seconds']} s: "
+                     f"{c['compiler_bytes_per_chip'] / GiB:.2f} GiB per chip{over} (estimate "
+                     f"{c['estimate_bytes_per_chip'] / GiB:.2f} GiB, compiler {error:+.1%}): "
+                     + ("fits" if c["fits"] else f"does not fit in {budget / GiB:.1f} GiB"))
     return "\n".join(lines)

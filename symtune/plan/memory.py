@@ -13,6 +13,10 @@ Parts, per chip (`Memory`):
                the real model and loss at one chip's shapes: its rows of a microbatch, its share
                of heads, MLP and vocabulary under tensor parallelism. Residuals that depend on the
                weights alone (compute-dtype copies) are divided by fsdp.
+  gathered     XLA:TPU only, with microbatches: the layers' weights in the compute dtype, gathered
+               over fsdp once and held across the microbatch loop (the compiler hoists the
+               loop-invariant casts and all-gathers out of it; llama-3-8b on v5p-8 with 8
+               microbatches: 13.0 GiB per chip). XLA:GPU and XLA:CPU gather per microbatch.
   working      the transient peak on top, the largest of: the output layer's backward (the f32
                logits gradient and the LM head's gradient before its reduce-scatter), one block's
                backward (its cotangents, about half its residuals, or the residuals remat
@@ -21,10 +25,12 @@ Parts, per chip (`Memory`):
                (an f32 updates tree, once the activations are freed)
   batch        one chip's rows of the int32 feature arrays
 
-The total is what XLA reports as arguments + temporaries of the compiled step (outputs alias the
-donated arguments). tests/test_plan.py holds it to XLA:CPU's memory analysis within 15% (test-tiny,
-pythia-70m and llama-3-8b; dp, fsdp, fsdp+tp; remat, microbatches, Adafactor), in float32 compute:
-XLA:CPU keeps f32 copies of bf16 values, so for bf16 models it reads 6-20% above this estimate.
+The total is what the compiler reports as arguments + temporaries of the compiled step (outputs
+alias the donated arguments). tests/test_plan.py holds it to the TPU and GPU compilers' memory
+analysis within 10% (deviceless compilation, symtune.plan.targets; the README's table has
+llama-3-8b and llama-2-70b on v5p and H100), and to XLA:CPU's within 15% (dp, fsdp, fsdp+tp;
+remat, microbatches, Adafactor) in float32 compute: XLA:CPU keeps f32 copies of bf16 values, so
+for bf16 models it reads 6-20% above this estimate.
 """
 
 from __future__ import annotations
@@ -99,11 +105,13 @@ class Memory:
     grads: int
     optimizer: int
     activations: int
+    gathered: int
     working: int
     batch: int
     peak: str  # what the working set is
 
-    PARTS: ClassVar[tuple[str, ...]] = ("params", "grads", "optimizer", "activations", "working", "batch")
+    PARTS: ClassVar[tuple[str, ...]] = ("params", "grads", "optimizer", "activations", "gathered", "working",
+                                        "batch")
 
     @property
     def total(self) -> int:
@@ -127,7 +135,8 @@ class Workload:
     """One run's model, optimizer and batch with their abstract shapes; estimates memory per layout."""
 
     def __init__(self, model: DecoderConfig, optimizer: OptimizerConfig, *, batch_size: int, seq_len: int,
-                 steps: int, loss_fn: Callable):
+                 steps: int, loss_fn: Callable, platform: str = "cpu"):
+        """`platform` (tpu, cuda, cpu) is the compiler whose habits the estimate follows."""
         import jax
         from flax import nnx
 
@@ -138,7 +147,7 @@ class Workload:
         # device, the fused CPU kernel would hide the score buffers this model counts).
         model = model.replace(attention="xla")
         self.model, self.optimizer, self.loss_fn = model, optimizer, loss_fn
-        self.batch_size, self.seq_len, self.steps = batch_size, seq_len, steps
+        self.batch_size, self.seq_len, self.steps, self.platform = batch_size, seq_len, steps, platform
         _, params, _ = nnx.split(nnx.eval_shape(lambda: Decoder(model, rngs=nnx.Rngs(0))), nnx.Param, ...)
         self.params = _flat(nnx.to_pure_dict(params))
         self.logical = {k: tuple(v) for k, v in _flat(nnx.to_pure_dict(nnx.get_partition_spec(params))).items()}
@@ -176,6 +185,11 @@ class Workload:
     def param_ways(self, layout: Layout) -> dict[str, int]:
         """How many ways each parameter is split across chips."""
         return {path: math.prod(map(layout.ways, self.mesh_spec(path, layout))) for path in self.params}
+
+    def ways_besides_fsdp(self, path: str, layout: Layout) -> int:
+        """How many ways a parameter is split by mesh axes other than fsdp (what an fsdp gather leaves)."""
+        return math.prod(layout.ways(tuple(a for a in ((axes,) if isinstance(axes, str) else axes) if a != "fsdp"))
+                         for axes in self.mesh_spec(path, layout) if axes is not None)
 
     def state_bytes(self, layout: Layout) -> tuple[int, int, int]:
         """(params, one fp32 gradient, optimizer) bytes per chip."""
@@ -221,6 +235,10 @@ class Workload:
         head = (micro_rows * self.seq_len * (c.vocab_size // layout.logical_ways("act_vocab")) * 4
                 + head_matrix * (fsdp - 1) * (4 + (compute_bytes if layout.microbatches > 1 else 0)))
         layer = sum(n for path, n in local.items() if "layers" in self.logical[path]) // c.num_layers
+        gathered = 0
+        if self.platform == "tpu" and layout.microbatches > 1:
+            gathered = compute_bytes * sum(_size(p) // self.ways_besides_fsdp(path, layout)
+                                           for path, p in self.params.items() if "layers" in self.logical[path])
         # Attention's backward holds two f32 score-sized buffers (the gradients of the
         # probabilities and of the scores) besides the layer's cotangents.
         heads = c.num_heads // layout.logical_ways("act_heads")
@@ -232,7 +250,7 @@ class Workload:
         peaks = {"the output layer's backward": head, "one block's backward": block, "the optimizer update": update}
         peak = max(peaks, key=peaks.get)
         batch = rows * self.seq_len * 4 * len(FEATURES)
-        return Memory(params, grads, optimizer, activations, peaks[peak], batch, peak)
+        return Memory(params, grads, optimizer, activations, gathered, peaks[peak], batch, peak)
 
     def residuals(self, layout: Layout, policy: str) -> Residuals:
         """Residual bytes at one chip's shapes, from four abstract traces (1 or 2 layers x 1 or 2 rows)."""

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any, Iterator, Mapping
 
 from symtune.models.config import REMAT_POLICIES
 from symtune.plan.memory import Layout, Memory, Workload, divisors
+from symtune.plan.topology import Topology, larger_slices
 
 # Rough slowdown of each change, to rank the layouts that fit: remat recomputes (part of) the
 # forward pass, tensor parallelism all-reduces activations in every block, microbatches shrink the
@@ -52,8 +54,8 @@ def change_cost(current: Layout, candidate: Layout) -> tuple[int, float]:
     return knobs, slowdown
 
 
-def smallest_fitting_change(workload: Workload, current: Layout, budget: float) -> tuple[Layout, Memory] | None:
-    """The fitting layout with the fewest changed knobs, then the least slowdown; None if none fits."""
+def fitting_changes(workload: Workload, current: Layout, budget: float) -> Iterator[tuple[Layout, Memory]]:
+    """The layouts whose estimate fits, fewest changed knobs first, then the least slowdown."""
     candidates = sorted((c for c in candidate_layouts(current, workload.batch_size) if c != current),
                         key=lambda c: change_cost(current, c))
     for candidate in candidates:
@@ -64,7 +66,27 @@ def smallest_fitting_change(workload: Workload, current: Layout, budget: float) 
             continue  # cannot fit whatever the activations: skip the tracing
         memory = workload.memory(candidate)
         if memory.total <= budget:
-            return candidate, memory
+            yield candidate, memory
+
+
+def smallest_fitting_change(workload: Workload, current: Layout, budget: float) -> tuple[Layout, Memory] | None:
+    """The first of `fitting_changes`; None if none fits."""
+    return next(fitting_changes(workload, current, budget), None)
+
+
+def smallest_fitting_slice(workload: Workload, current: Layout, topology: Topology,
+                           budget: float) -> tuple[Topology, Layout, Memory] | None:
+    """The smallest larger slice of the same chip whose estimate fits: the configured layout with
+    its fsdp axis grown to the new chips, else the smallest change there; None if none up to the
+    largest slice does."""
+    for larger in larger_slices(topology):
+        fsdp = current.fsdp * larger.chips // topology.chips
+        grown = dataclasses.replace(current, fsdp=fsdp, rules=rules_for(fsdp, current.tensor))
+        if workload.valid(grown) and (memory := workload.memory(grown)).total <= budget:
+            return larger, grown, memory
+        change = smallest_fitting_change(workload, grown, budget)
+        if change:
+            return larger, *change
     return None
 
 

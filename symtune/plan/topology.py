@@ -59,6 +59,11 @@ class Topology:
     def hosts(self) -> int:
         return self.accelerator.hosts(self.chips)
 
+    @property
+    def platform(self) -> str:
+        """The compiler the slice needs: `tpu` or `cuda`."""
+        return "tpu" if self.accelerator.name.startswith("TPU") else "cuda"
+
     def describe(self) -> str:
         a, s = self.accelerator, lambda n: "s" * (n != 1)
         return (f"{self.name} = {self.chips} {a.name} chip{s(self.chips)} on {self.hosts} host{s(self.hosts)}; "
@@ -85,3 +90,28 @@ def parse_topology(name: str) -> Topology:
     if not acc.sizes and acc.cores_per_chip == 1 and not (1 <= count <= 8 or count % 8 == 0):
         raise UserError(f"{name}: use 1 to 8 GPUs or whole 8-GPU hosts (16x{kind}, 64x{kind}, ...)")
     return Topology(name, acc, count // acc.cores_per_chip)
+
+
+def slice_name(accelerator: Accelerator, chips: int) -> str:
+    """The name of a slice or cluster of `chips` chips: v5p-16 (TensorCores), v5e-16, 16xH100."""
+    kind = next(key for key, acc in ACCELERATORS.items() if acc is accelerator)
+    if kind.startswith("v"):
+        return f"{kind}-{chips * accelerator.cores_per_chip}"
+    return f"{chips}x{kind}"
+
+
+def larger_slices(topology: Topology, max_chips: int = 4096) -> list[Topology]:
+    """Slices of the same chip larger than `topology`, smallest first: the listed sizes where a
+    generation has them, else doublings (whole 8-GPU hosts past one host)."""
+    acc = topology.accelerator
+    sizes = acc.sizes or [2**k for k in range(13) if 2**k <= max_chips]
+    names = (slice_name(acc, n) for n in sizes if n > topology.chips)
+    return [parse_topology(name) for name in names if _valid(name)]
+
+
+def _valid(name: str) -> bool:
+    try:
+        parse_topology(name)
+    except UserError:
+        return False
+    return True
