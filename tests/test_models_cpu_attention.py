@@ -107,7 +107,7 @@ def test_without_a_compiler_attention_falls_back_to_xla_with_one_warning(monkeyp
     try:
         with caplog.at_level(logging.WARNING, logger=cpu_attention.__name__):
             q, k, _, _ = _operands(1, 4, 4, 2, 2, 16)
-            assert not cpu_attention.applies(q, k) and not cpu_attention.applies(q, k)
+            assert not cpu_attention.applies_to(q.shape, q.dtype) and not cpu_attention.applies_to(q.shape, q.dtype)
         assert [r.getMessage() for r in caplog.records] == [
             f"fused CPU attention unavailable, using XLA's: no C++ compiler ({tmp_path / 'no-such-compiler'}) "
             "on PATH; set CXX"]

@@ -117,3 +117,31 @@ def test_llama_3_8b_on_v5p_64_estimate_within_10_percent_of_the_tpu_compiler(tmp
     compiled = json.loads((tmp_path / "plan.json").read_text())["compiled"]["configured"]
     assert compiled["platform"] == "tpu" and compiled["fits"]
     assert compiled["estimate_bytes_per_chip"] == pytest.approx(compiled["compiler_bytes_per_chip"], rel=0.10)
+
+
+@needs_tpu_compiler
+def test_a_step_over_hbm_counts_with_the_tpu_compilers_figure():
+    model = presets.get_preset("test-tiny").replace(dtype="bfloat16", max_positions=4096)
+    work = Workload(model, OptimizerConfig(name="adamw"), batch_size=64, seq_len=4096, steps=10, loss_fn=lm_loss,
+                    platform="tpu")
+    compiled = lower_step(work, Layout(1, 1, 1, 1, "dp", "none", 1), compile=True,
+                          devices=target_devices(parse_topology("v5e-1")))
+    assert compiled["out_of_memory"] and compiled["compiler_bytes_per_chip"] > 16 * GiB  # a v5e chip's HBM
+
+
+@needs_tpu_compiler
+def test_a_decoder_step_compiled_for_v5p_runs_splash_attention_and_holds_no_scores():
+    model = presets.get_preset("test-tiny").replace(dtype="bfloat16")
+    layout = Layout(1, 1, 4, 1, "fsdp", "none", 1)
+
+    def compiled(attention: str, batch: int, seq_len: int) -> dict:
+        work = Workload(model.replace(attention=attention, max_positions=seq_len), OptimizerConfig(name="adamw"),
+                        batch_size=batch, seq_len=seq_len, steps=10, loss_fn=lm_loss, platform="tpu")
+        assert work.attention == attention
+        return lower_step(work, layout, compile=True, devices=target_devices(parse_topology("v5p-8")))
+
+    splash, xla = compiled("splash", 8, 1024), compiled("xla", 8, 1024)
+    assert splash["compiler_bytes_per_chip"] < xla["compiler_bytes_per_chip"]
+    # Memory linear in the sequence length: twice the tokens per row, half the rows.
+    longer = compiled("splash", 4, 2048)
+    assert longer["compiler_bytes_per_chip"] == pytest.approx(splash["compiler_bytes_per_chip"], rel=0.15)

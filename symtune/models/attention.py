@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from flax.core import spmd
 
+from symtune.errors import UserError
 from symtune.models import cpu_attention
 from symtune.models.config import DecoderConfig
+from symtune.models.kernels import splash
 from symtune.models.layers import add_bias, apply_rope, constrain, dot, einsum_f32, param
 
 NEG_INF = float(jnp.finfo(jnp.float32).min)
@@ -50,16 +55,69 @@ def cache_mask(valid: jax.Array, index: jax.Array, length: int) -> jax.Array:
     return (slots[None, :] <= query_slot[:, None])[None] & valid[:, None, :]
 
 
+_PLATFORM_OVERRIDE: contextvars.ContextVar[str | None] = contextvars.ContextVar("platform", default=None)
+
+
+@contextlib.contextmanager
+def traced_as(platform: str):
+    """Traces model code as it would run on `platform` (tpu, gpu, cpu) without a mesh of its
+    devices: for planners that count a target's residuals on abstract shapes."""
+    token = _PLATFORM_OVERRIDE.set(platform)
+    try:
+        yield
+    finally:
+        _PLATFORM_OVERRIDE.reset(token)
+
+
+def compute_platform() -> str:
+    """Where the code being traced will run: the current mesh's devices (a TPU or GPU target when
+    compiling for one from a CPU host), else JAX's default backend. `gpu` for CUDA devices."""
+    if _PLATFORM_OVERRIDE.get():
+        return _PLATFORM_OVERRIDE.get()
+    mesh = jax.sharding.get_abstract_mesh()
+    device = None if mesh.empty else mesh.abstract_device
+    platform = jax.default_backend() if device is None else device.platform
+    return "gpu" if platform in ("cuda", "rocm") else platform
+
+
+def attention_kernel(impl: str, q_shape: tuple, k_shape: tuple, *, causal: bool, dtype) -> str:
+    """The attention that `attend` runs: DecoderConfig.attention resolved for the compute platform.
+
+    "auto": Pallas splash attention on TPU, the fused C++ kernel on one CPU device in float32, XLA's
+    einsums otherwise and for rows with a bidirectional prefix (`causal` False), which splash's
+    static masks cannot express. "splash" and "xla" are taken as asked (a UserError where splash
+    cannot run: not on a TPU, or shapes it does not take)."""
+    platform = compute_platform()
+    if impl == "splash":
+        problem = None if platform == "tpu" else f"it runs on TPUs only, and this step compiles for {platform}"
+        problem = problem or ("rows with a bidirectional prefix (PrefixLM) need XLA's attention" if not causal
+                              else splash.splash_supported(q_shape, k_shape))
+        if problem:
+            raise UserError(f"DecoderConfig.attention='splash': {problem}; use attention='auto' or 'xla'")
+        return "splash"
+    if impl == "auto":
+        if platform == "tpu" and causal and splash.splash_supported(q_shape, k_shape) is None:
+            return "splash"
+        if platform == "cpu" and cpu_attention.applies_to(q_shape, dtype):
+            return "cpu"
+    return "xla"
+
+
 def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, *, causal: bool, block: int,
-           impl: str) -> jax.Array:
+           impl: str, segment_ids: jax.Array | None = None) -> jax.Array:
     """softmax(q k^T / sqrt(d)) v: q [B, T, H, D], k/v [B, S, K, D], mask bool [B, T, S] -> [B, T, H, D].
 
-    `impl` is DecoderConfig.attention: with "auto" the fused CPU kernel runs where it applies
-    (cpu_attention.applies). Otherwise XLA's einsums: with `causal`, queries go in blocks of `block`
-    (DecoderConfig.causal_block), each scoring only the keys up to its end (the keys skipped are
-    masked for it anyway).
+    `impl` is DecoderConfig.attention, resolved by `attention_kernel`; splash reads `segment_ids`
+    (the packing the mask was built from) instead of the mask. XLA's einsums: with `causal`,
+    queries go in blocks of `block` (DecoderConfig.causal_block), each scoring only the keys up to
+    its end (the keys skipped are masked for it anyway).
     """
-    if impl == "auto" and cpu_attention.applies(q, k):
+    kernel = attention_kernel(impl, q.shape, k.shape, causal=causal, dtype=q.dtype)
+    if kernel == "splash":
+        rules = dict(spmd.get_logical_axis_rules() or ())
+        return splash.sharded_splash_attention(q, k, v, segment_ids, batch_axes=rules.get("act_batch"),
+                                               head_axes=rules.get("act_heads"))
+    if kernel == "cpu":
         return cpu_attention.fused_attention(q, k, v, mask)
     t, s = q.shape[1], k.shape[1]
     if not causal or t != s or t <= block:
@@ -140,12 +198,14 @@ class Attention(nnx.Module):
         rope: tuple[jax.Array, jax.Array] | None,
         cache: tuple[jax.Array, jax.Array, jax.Array] | None = None,
         causal: bool = False,
+        segment_ids: jax.Array | None = None,
     ) -> tuple[jax.Array, tuple[jax.Array, jax.Array] | None]:
         """x [B, T, D], mask bool [B, T, S] -> ([B, T, D], this layer's updated (k, v) cache or None).
 
         With `cache = (k, v, index)` the new keys/values are written at `index` and the queries
         attend over all S cache slots; otherwise S = T. `causal` promises that the mask allows no
         key after its query (no bidirectional prefix), so blocks above the diagonal are skipped.
+        `segment_ids` [B, T] are the packing the mask was built from (for kernels that take them).
         """
         c, dtype = self.config, jnp.dtype(self.config.dtype)
         q, k, v = self._project(x, "q"), self._project(x, "k"), self._project(x, "v")
@@ -158,7 +218,8 @@ class Attention(nnx.Module):
             v = jax.lax.dynamic_update_slice_in_dim(cache_v, v.astype(cache_v.dtype), index, axis=1)
             new_cache = (k, v)
             k, v = k.astype(dtype), v.astype(dtype)
-        out = attend(q, k, v, mask, causal=causal and cache is None, block=c.causal_block, impl=c.attention)
+        out = attend(q, k, v, mask, causal=causal and cache is None, block=c.causal_block, impl=c.attention,
+                     segment_ids=segment_ids if cache is None else None)
         out = constrain(out, ("act_batch", "act_len", "act_heads", "act_kv"))
         y = dot(out, self.o.get_value(), "bthk,hkd->btd", dtype)
         if c.out_bias:

@@ -13,7 +13,7 @@ ACTIVATIONS = ("silu", "gelu", "gelu_tanh")
 POSITIONS = ("rope", "learned")
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
 DTYPES = ("float32", "bfloat16", "float16")
-ATTENTION = ("auto", "xla")
+ATTENTION = ("auto", "xla", "splash")
 
 
 @dataclass(frozen=True)
@@ -64,8 +64,9 @@ class DecoderConfig:
     # smaller matmuls: 256 is fastest for pythia-70m at T=512 on CPU, 128 for the TART head
     # (32 x 8 heads of width 32 at T=516), whose scores are 16x larger.
     causal_block: int = 256
-    # "auto": the fused C++ kernel of models/cpu_attention.py where it applies (float32 on one CPU
-    # device), XLA's einsums elsewhere; "xla": always XLA's.
+    # "auto": Pallas splash attention on TPU (models/kernels/splash.py), the fused C++ kernel of
+    # models/cpu_attention.py on one CPU device in float32, XLA's einsums elsewhere and for PrefixLM
+    # rows (models.attention.attention_kernel); "splash" or "xla": that one.
     attention: str = "auto"
 
     def __post_init__(self):

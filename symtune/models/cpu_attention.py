@@ -100,10 +100,11 @@ def available() -> bool:
     return True
 
 
-def applies(q: jax.Array, k: jax.Array) -> bool:
-    """Whether `fused_attention` serves these operands: float32 on one CPU device, a supported head width."""
-    return (jax.default_backend() == "cpu" and q.dtype == k.dtype == jnp.float32
-            and q.shape[-1] in HEAD_DIMS and jax.sharding.get_abstract_mesh().size <= 1 and available())
+def applies_to(q_shape: tuple, dtype) -> bool:
+    """Whether `fused_attention` serves q of this shape and dtype on the CPU: float32, one device, a
+    supported head width, and the kernel built (the caller checks that the step runs on the CPU)."""
+    return (jnp.dtype(dtype) == jnp.float32 and q_shape[-1] in HEAD_DIMS
+            and jax.sharding.get_abstract_mesh().size <= 1 and available())
 
 
 def _forward(q, k, v, mask):

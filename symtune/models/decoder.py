@@ -42,11 +42,11 @@ class Block(nnx.Module):
         self.mlp_norm = Norm(config, rngs=rngs)
         self.mlp = Mlp(config, rngs=rngs)
 
-    def __call__(self, x, mask, rope, key=None, cache=None, causal=False):
-        """x [B, T, D] -> (x, updated (k, v) of this layer or None); `causal` as in Attention."""
+    def __call__(self, x, mask, rope, key=None, cache=None, causal=False, segment_ids=None):
+        """x [B, T, D] -> (x, updated (k, v) of this layer or None); `causal`, `segment_ids` as in Attention."""
         rate = self.config.dropout_rate
         keys = (None, None) if key is None else tuple(jax.random.split(key))
-        attn, new_cache = self.attn(self.attn_norm(x), mask, rope, cache, causal)
+        attn, new_cache = self.attn(self.attn_norm(x), mask, rope, cache, causal, segment_ids)
         attn = dropout(attn, rate, keys[0])
         if self.config.parallel_residual:
             x = x + attn + dropout(self.mlp(self.mlp_norm(x)), rate, keys[1])
@@ -114,7 +114,7 @@ class DecoderStack(nnx.Module):
 
         def body(x, block, layer_cache, key):
             kv = None if layer_cache is None else (*layer_cache, cache.index)
-            return block(x, mask, rope, key, kv, causal=cache is None and prefix_mask is None)
+            return block(x, mask, rope, key, kv, causal=cache is None and prefix_mask is None, segment_ids=segment_ids)
 
         if c.remat_policy != "none":
             body = nnx.remat(body, policy=REMAT_POLICIES[c.remat_policy], prevent_cse=False)

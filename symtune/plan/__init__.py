@@ -26,6 +26,7 @@ import argparse
 import dataclasses
 import functools
 import json
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -85,7 +86,7 @@ def lower_step(workload: Workload, layout: Layout, *, compile: bool = False,
     import jax.numpy as jnp
 
     from symtune.models.decoder import Decoder
-    from symtune.plan.targets import out_of_memory_bytes
+    from symtune.plan.targets import out_of_memory_temporaries
     from symtune.train.mesh import MeshConfig, logical_rules, make_mesh
     from symtune.train.trainer import Trainer, TrainerConfig
 
@@ -97,6 +98,8 @@ def lower_step(workload: Workload, layout: Layout, *, compile: bool = False,
     start = time.perf_counter()
     mesh = make_mesh(MeshConfig(**layout.mesh, rules=layout.rules), devices[:layout.chips])
     model = workload.model.replace(remat_policy=layout.remat)
+    if mesh.devices.flat[0].platform == "cpu":
+        model = model.replace(attention="xla")  # simulated CPU devices stand in for the target
     trainer = Trainer(
         lambda rngs: Decoder(model, rngs=rngs), workload.loss_fn, mesh=mesh, rules=logical_rules(layout.rules),
         config=TrainerConfig(steps=workload.steps, microbatches=layout.microbatches), optimizer=workload.optimizer)
@@ -107,10 +110,13 @@ def lower_step(workload: Workload, layout: Layout, *, compile: bool = False,
         try:
             trainer.compile_step(batch)
         except Exception as e:  # XLA's runtime error type moves between jax versions
-            needed = out_of_memory_bytes(e)
-            if needed is None:
+            temporaries = out_of_memory_temporaries(e)
+            if temporaries is None:
                 raise
-            result.update(compiler_bytes_per_chip=needed, out_of_memory=True)
+            arguments = _bytes_per_device(trainer.abstract_state) + _bytes_per_device(
+                {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=s) for (k, v), s in
+                 zip(batch.items(), trainer.batch_shardings(batch).values())})
+            result.update(compiler_bytes_per_chip=arguments + temporaries, out_of_memory=True)
         else:
             m = result["memory_analysis"] = trainer.memory_per_device()
             result["compiler_bytes_per_chip"] = m["arguments"] + m["outputs"] - m["aliased"] + m["temporaries"]
@@ -181,10 +187,7 @@ def make_plan(topology: Topology, *, mfu: float = DEFAULT_MFU, compile: bool = F
         "suggestion": None,
     }
     if suggestion:
-        new_layout, new_memory = suggestion
-        overrides = dict(_gin_value("model_config.overrides") or {})
-        plan["suggestion"] = {"layout": dataclasses.asdict(new_layout), "memory_bytes": new_memory.as_dict(),
-                              "changes": describe_changes(layout, new_layout, overrides)}
+        plan["suggestion"] = _suggestion(layout, *suggestion)
     if not plan["fits"] and not suggestion:
         larger = smallest_fitting_slice(workload, layout, topology, budget)
         if larger:
@@ -233,15 +236,25 @@ def compile_layouts(workload: Workload, topology: Topology, layout: Layout, plan
             print(f"note: the compiler puts {candidate.describe()} over budget "
                   f"({result['suggested']['compiler_bytes_per_chip'] / GiB:.1f} GiB); trying the next layout",
                   flush=True)
-        if candidate != Layout(**plan["suggestion"]["layout"]):
-            overrides = dict(_gin_value("model_config.overrides") or {})
-            plan["suggestion"] = {"layout": dataclasses.asdict(candidate), "memory_bytes": memory.as_dict(),
-                                  "changes": describe_changes(layout, candidate, overrides)}
+        plan["suggestion"] = _suggestion(layout, candidate, memory)
     if plan.get("larger_slice") and devices is not None:  # XLA:CPU would need more simulated devices
         big_layout = Layout(**plan["larger_slice"]["layout"])
         big_devices = target_devices(parse_topology(plan["larger_slice"]["topology"]))
         result["larger_slice"] = compiled(big_layout, workload.memory(big_layout), big_devices)
     return result
+
+
+def _bytes_per_device(tree) -> int:
+    """Bytes one device holds of a tree of sharded abstract arrays."""
+    import jax
+
+    return sum(math.prod(x.sharding.shard_shape(x.shape)) * x.dtype.itemsize for x in jax.tree.leaves(tree))
+
+
+def _suggestion(current: Layout, candidate: Layout, memory: Memory) -> dict[str, Any]:
+    overrides = dict(_gin_value("model_config.overrides") or {})
+    return {"layout": dataclasses.asdict(candidate), "memory_bytes": memory.as_dict(),
+            "changes": describe_changes(current, candidate, overrides)}
 
 
 def _model_config(warm_start: str | None) -> DecoderConfig:

@@ -42,8 +42,9 @@ from typing import Any, Callable, ClassVar
 
 from symtune.data.pipeline import FEATURES  # int32 [batch, seq_len] each
 from symtune.errors import UserError
-from symtune.models.attention import score_elements
+from symtune.models.attention import score_elements, traced_as
 from symtune.models.config import DecoderConfig
+from symtune.models.kernels.splash import splash_supported
 from symtune.train.mesh import MESH_AXES, RULE_PRESETS, MeshConfig, spec_for
 from symtune.train.optim import OptimizerConfig
 
@@ -143,9 +144,15 @@ class Workload:
         from symtune.models.decoder import Decoder
         from symtune.train.optim import make_optimizer
 
-        # XLA's attention, as the accelerators planned for run it (traced or lowered on one CPU
-        # device, the fused CPU kernel would hide the score buffers this model counts).
-        model = model.replace(attention="xla")
+        # The attention the target runs: splash on TPU where it applies (no score-sized buffers),
+        # XLA's elsewhere (traced on one CPU device, "auto" would pick the fused CPU kernel, which
+        # hides the score buffers XLA:CPU and XLA:GPU hold).
+        self.attention = "xla"
+        if platform == "tpu" and model.attention in ("auto", "splash") and splash_supported(
+                (batch_size, seq_len, model.num_heads, model.head_dim),
+                (batch_size, seq_len, model.num_kv_heads, model.head_dim)) is None:
+            self.attention = "splash"
+        model = model.replace(attention=self.attention)
         self.model, self.optimizer, self.loss_fn = model, optimizer, loss_fn
         self.batch_size, self.seq_len, self.steps, self.platform = batch_size, seq_len, steps, platform
         _, params, _ = nnx.split(nnx.eval_shape(lambda: Decoder(model, rngs=nnx.Rngs(0))), nnx.Param, ...)
@@ -242,7 +249,8 @@ class Workload:
         # Attention's backward holds two f32 score-sized buffers (the gradients of the
         # probabilities and of the scores) besides the layer's cotangents.
         heads = c.num_heads // layout.logical_ways("act_heads")
-        scores = 2 * 4 * heads * score_elements(self.seq_len, causal=True, block=c.causal_block)
+        scores = 0 if self.attention == "splash" else 2 * 4 * heads * score_elements(
+            self.seq_len, causal=True, block=c.causal_block)
         block = (micro_rows * (max(full.layer_rows // 2, full.layer_rows - saved.layer_rows) + scores)
                  + layer * (fsdp - 1) * (4 + compute_bytes))
         # With microbatches the updates reuse the microbatch gradient's buffer.
@@ -286,8 +294,9 @@ class Workload:
         def loss(p, b):
             return self.loss_fn(nnx.merge(graphdef, p, other), b, jax.random.key(0))["loss"]
 
-        return sum(_nbytes(aval) for aval, source in saved_residuals(loss, params, batch)
-                   if not source.startswith("from the argument"))
+        with traced_as({"cuda": "gpu"}.get(self.platform, self.platform)):
+            residuals = saved_residuals(loss, params, batch)
+        return sum(_nbytes(aval) for aval, source in residuals if not source.startswith("from the argument"))
 
     def step_flops(self) -> float:
         """Model FLOPs of one step (forward and backward; remat recompute not counted)."""

@@ -85,16 +85,19 @@ def target_devices(topology: Topology) -> list:
     return devices
 
 
-_OUT_OF_MEMORY = re.compile(r"Used ([\d.]+)([KMGT])? of ([\d.]+)([KMGT])? hbm", re.IGNORECASE)
-_UNITS = {None: 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+# XLA:TPU's words when a program needs more HBM than the chip has, e.g. "RESOURCE_EXHAUSTED: Ran
+# out of memory on HBM, the total memory required for HLO temporaries (128.94G) exceeds available
+# HBM (95.74G)."
+_OUT_OF_MEMORY = re.compile(r"HLO temporaries \(([\d.]+)([KMGT]?)\) exceeds", re.IGNORECASE)
+_UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
 
 
-def out_of_memory_bytes(error: BaseException) -> int | None:
-    """The bytes per chip an over-budget TPU compile needed, read from the compiler's error; else None."""
+def out_of_memory_temporaries(error: BaseException) -> int | None:
+    """The temporaries per chip an over-budget TPU compile needed, from the compiler's error; else None."""
     match = _OUT_OF_MEMORY.search(str(error))
     if not match:
         return None
-    return int(float(match.group(1)) * _UNITS[match.group(2) and match.group(2).upper()])
+    return int(float(match.group(1)) * _UNITS[match.group(2).upper()])
 
 
 def _generation(topology: Topology) -> str:

@@ -1,0 +1,1 @@
+"""Accelerator attention kernels (Pallas) behind the decoder's plain XLA attention."""
