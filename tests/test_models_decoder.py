@@ -101,8 +101,8 @@ def test_score_elements_counts_the_scores_attend_computes(t, causal, block):
 
 
 @pytest.mark.parametrize("change", [
-    {"remat_policy": "full"},
-    pytest.param({"remat_policy": "dots"}, marks=pytest.mark.slow),
+    {"remat_policy": "save_nothing"},
+    pytest.param({"remat_policy": "save_projections"}, marks=pytest.mark.slow),
     pytest.param({"scan_layers": False}, marks=pytest.mark.slow),
 ])
 def test_remat_and_unrolled_layers_give_same_logits_and_grads(tokens, change):
@@ -151,3 +151,10 @@ def test_gelus_match_jax_in_value_and_gradient(name, approximate):
     ours, theirs = (lambda v: activation(name, v)), (lambda v: jax.nn.gelu(v, approximate=approximate))
     np.testing.assert_allclose(jax.jit(ours)(x), theirs(x), atol=1e-6)
     np.testing.assert_allclose(jax.vmap(jax.grad(ours))(x), jax.vmap(jax.grad(theirs))(x), atol=1e-5)
+
+
+@pytest.mark.parametrize("old, new", [("full", "save_nothing"), ("dots", "save_projections"),
+                                      ("dots_no_batch", "save_projections")])
+def test_renamed_remat_policies_say_their_new_names(old, new):
+    with pytest.raises(UserError, match=f"remat_policy='{old}' is now '{new}'"):
+        get_preset("test-tiny").replace(remat_policy=old)

@@ -88,7 +88,7 @@ def test_estimate_agrees_with_xla_memory_analysis(preset, batch, seq_len, rules)
 
 @pytest.mark.slow
 @pytest.mark.parametrize("remat, microbatches, optimizer", [
-    ("full", 1, "adamw"), ("dots", 1, "adamw"), ("none", 2, "adamw"), ("none", 1, "adafactor")])
+    ("save_nothing", 1, "adamw"), ("save_projections", 1, "adamw"), ("none", 2, "adamw"), ("none", 1, "adafactor")])
 @pytest.mark.parametrize("rules", MESHES)
 def test_estimate_agrees_with_xla_under_remat_microbatches_and_adafactor(remat, microbatches, optimizer, rules):
     work = workload("pythia-70m", 16, 128, optimizer, dtype="float32")
@@ -107,7 +107,7 @@ def test_fsdp_and_tensor_parallelism_divide_the_state():
 
 def test_remat_and_microbatches_shrink_activations():
     work = workload("test-tiny", 16, 256)
-    none, full, micro = (work.memory(layout("fsdp", r, m)) for r, m in (("none", 1), ("full", 1), ("none", 2)))
+    none, full, micro = (work.memory(layout("fsdp", r, m)) for r, m in (("none", 1), ("save_nothing", 1), ("none", 2)))
     assert full.activations < none.activations / 4
     assert micro.activations == pytest.approx(none.activations / 2, rel=0.05)
 

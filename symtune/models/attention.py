@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
+import functools
+import logging
 import math
 from typing import NamedTuple
 
@@ -17,6 +17,7 @@ from symtune.models import cpu_attention
 from symtune.models.config import DecoderConfig
 from symtune.models.kernels import splash
 from symtune.models.layers import add_bias, apply_rope, constrain, dot, einsum_f32, param
+from symtune.models.platform import compute_platform
 
 NEG_INF = float(jnp.finfo(jnp.float32).min)
 
@@ -55,31 +56,6 @@ def cache_mask(valid: jax.Array, index: jax.Array, length: int) -> jax.Array:
     return (slots[None, :] <= query_slot[:, None])[None] & valid[:, None, :]
 
 
-_PLATFORM_OVERRIDE: contextvars.ContextVar[str | None] = contextvars.ContextVar("platform", default=None)
-
-
-@contextlib.contextmanager
-def traced_as(platform: str):
-    """Traces model code as it would run on `platform` (tpu, gpu, cpu) without a mesh of its
-    devices: for planners that count a target's residuals on abstract shapes."""
-    token = _PLATFORM_OVERRIDE.set(platform)
-    try:
-        yield
-    finally:
-        _PLATFORM_OVERRIDE.reset(token)
-
-
-def compute_platform() -> str:
-    """Where the code being traced will run: the current mesh's devices (a TPU or GPU target when
-    compiling for one from a CPU host), else JAX's default backend. `gpu` for CUDA devices."""
-    if _PLATFORM_OVERRIDE.get():
-        return _PLATFORM_OVERRIDE.get()
-    mesh = jax.sharding.get_abstract_mesh()
-    device = None if mesh.empty else mesh.abstract_device
-    platform = jax.default_backend() if device is None else device.platform
-    return "gpu" if platform in ("cuda", "rocm") else platform
-
-
 def attention_kernel(impl: str, q_shape: tuple, k_shape: tuple, *, causal: bool, dtype) -> str:
     """The attention that `attend` runs: DecoderConfig.attention resolved for the compute platform.
 
@@ -96,11 +72,19 @@ def attention_kernel(impl: str, q_shape: tuple, k_shape: tuple, *, causal: bool,
             raise UserError(f"DecoderConfig.attention='splash': {problem}; use attention='auto' or 'xla'")
         return "splash"
     if impl == "auto":
-        if platform == "tpu" and causal and splash.splash_supported(q_shape, k_shape) is None:
-            return "splash"
+        if platform == "tpu" and splash.splash_supported(q_shape, k_shape) is None:
+            if causal:
+                return "splash"
+            _say_once("rows with a bidirectional prefix (PrefixLM) take XLA's attention on TPU: splash "
+                      "attention's masks are fixed when the step compiles")
         if platform == "cpu" and cpu_attention.applies_to(q_shape, dtype):
             return "cpu"
     return "xla"
+
+
+@functools.cache
+def _say_once(message: str) -> None:
+    logging.getLogger(__name__).warning(message)
 
 
 def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, *, causal: bool, block: int,

@@ -11,7 +11,15 @@ FAMILIES = ("llama", "gpt_neox", "gpt2")
 NORMS = ("rmsnorm", "layernorm")
 ACTIVATIONS = ("silu", "gelu", "gelu_tanh")
 POSITIONS = ("rope", "learned")
-REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
+# Named by what the backward pass keeps of each block: everything (none: no rematerialisation),
+# the weight matmuls' outputs (q/k/v/o and MLP projections; never attention's score-sized
+# products), or only the block's input.
+REMAT_POLICIES = ("none", "save_projections", "save_nothing")
+RENAMED_REMAT_POLICIES = {
+    "full": "save_nothing",
+    "dots_no_batch": "save_projections",
+    "dots": "save_projections",  # 'dots' also kept attention's score-sized products
+}
 DTYPES = ("float32", "bfloat16", "float16")
 ATTENTION = ("auto", "xla", "splash")
 
@@ -70,6 +78,10 @@ class DecoderConfig:
     attention: str = "auto"
 
     def __post_init__(self):
+        if self.remat_policy in RENAMED_REMAT_POLICIES:
+            raise UserError(f"DecoderConfig.remat_policy={self.remat_policy!r} is now "
+                            f"{RENAMED_REMAT_POLICIES[self.remat_policy]!r} (policies are named by what they save: "
+                            f"{', '.join(REMAT_POLICIES)})")
         for field, allowed in (
             ("family", FAMILIES), ("norm", NORMS), ("activation", ACTIVATIONS),
             ("position", POSITIONS), ("remat_policy", REMAT_POLICIES),

@@ -23,10 +23,8 @@ __all__ = ["Block", "Decoder", "DecoderConfig", "DecoderStack", "KVCache"]
 _cp = jax.checkpoint_policies
 # Projections are custom-vjp `dot`s, opaque to the dot policies: they are found by name.
 REMAT_POLICIES = {
-    "full": _cp.nothing_saveable,
-    "dots": _cp.save_from_both_policies(_cp.checkpoint_dots, _cp.save_only_these_names(DOT_NAME)),
-    "dots_no_batch": _cp.save_from_both_policies(_cp.dots_with_no_batch_dims_saveable,
-                                                 _cp.save_only_these_names(DOT_NAME)),
+    "save_nothing": _cp.nothing_saveable,
+    "save_projections": _cp.save_only_these_names(DOT_NAME),  # every `dot`: the weight matmuls
 }
 _LAYERS = {nnx.PARTITION_NAME: "layers"}
 _ACT = ("act_batch", "act_len", "act_embed")

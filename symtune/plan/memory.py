@@ -42,9 +42,10 @@ from typing import Any, Callable, ClassVar
 
 from symtune.data.pipeline import FEATURES  # int32 [batch, seq_len] each
 from symtune.errors import UserError
-from symtune.models.attention import score_elements, traced_as
+from symtune.models.attention import score_elements
 from symtune.models.config import DecoderConfig
 from symtune.models.kernels.splash import splash_supported
+from symtune.models.platform import traced_as
 from symtune.train.mesh import MESH_AXES, RULE_PRESETS, MeshConfig, spec_for
 from symtune.train.optim import OptimizerConfig
 

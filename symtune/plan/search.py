@@ -13,7 +13,7 @@ from symtune.plan.topology import Topology, larger_slices
 # Rough slowdown of each change, to rank the layouts that fit: remat recomputes (part of) the
 # forward pass, tensor parallelism all-reduces activations in every block, microbatches shrink the
 # matmuls, a larger fsdp axis all-gathers weights from more chips (mostly overlapped with compute).
-REMAT_COST = {"none": 0.0, "dots_no_batch": 0.15, "dots": 0.2, "full": 0.33}
+REMAT_COST = {"none": 0.0, "save_projections": 0.15, "save_nothing": 0.33}
 DOUBLING_COST = {"fsdp": 0.02, "microbatches": 0.05, "tensor": 0.1}
 
 
