@@ -171,7 +171,7 @@ def make_plan(topology: Topology, *, mfu: float = DEFAULT_MFU, compile: bool = F
                      "hosts": topology.hosts, "hbm_bytes": topology.accelerator.hbm_bytes,
                      "peak_flops_per_chip": topology.accelerator.peak_flops},
         "model": {"preset": _gin_value("model_config.preset"), "parameters": param_count(model),
-                  "dtype": model.dtype, "param_dtype": model.param_dtype},
+                  "dtype": model.dtype, "param_dtype": model.param_dtype, "attention": workload.attention},
         "run": {"batch_size": data.batch_size, "seq_len": data.seq_len, "steps": trainer.steps,
                 "optimizer": workload.optimizer.name},
         "layout": dataclasses.asdict(layout),
@@ -318,7 +318,7 @@ def format_plan(plan: dict[str, Any]) -> str:
     lines = [
         f"topology     {Topology(topo['name'], accelerator, topo['chips']).describe()}",
         f"model        {plan['model']['preset'] or 'custom'}: {_count(plan['model']['parameters'])} parameters, "
-        f"{plan['model']['dtype']} compute",
+        f"{plan['model']['dtype']} compute, {plan['model']['attention']} attention",
         f"run          batch {run['batch_size']} x {run['seq_len']:,} tokens, {run['steps']:,} steps, "
         f"{run['optimizer']}",
         f"layout       {layout.describe()}",
