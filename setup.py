@@ -51,8 +51,10 @@ EXTRAS = {
     "dev": ["pytest", "pytest-timeout"],
     # The TPU and GPU compilers, for deviceless ahead-of-time compilation on any machine
     # (`symtune plan --compile`, the accelerator tests and benchmarks), at the versions the pinned
-    # jax expects. Compiling needs no NVIDIA wheels; running on GPUs needs jax[cuda12] instead.
-    "aot": ["libtpu==0.0.42.1", "jax-cuda12-plugin==0.10.2", "jax-cuda12-pjrt==0.10.2"],
+    # jax expects. Of the NVIDIA wheels only cuDNN (with its cuBLAS) is needed: jax traces and
+    # XLA:GPU compiles its flash attention against the library. Running on GPUs needs jax[cuda12].
+    "aot": ["libtpu==0.0.42.1", "jax-cuda12-plugin==0.10.2", "jax-cuda12-pjrt==0.10.2",
+            "nvidia-cudnn-cu12==9.8.0.87"],
 }
 
 setup(

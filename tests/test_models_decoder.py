@@ -158,3 +158,23 @@ def test_gelus_match_jax_in_value_and_gradient(name, approximate):
 def test_renamed_remat_policies_say_their_new_names(old, new):
     with pytest.raises(UserError, match=f"remat_policy='{old}' is now '{new}'"):
         get_preset("test-tiny").replace(remat_policy=old)
+
+
+@pytest.mark.parametrize("gated", [True, False])
+def test_backward_keeps_the_mlp_input_projections_and_the_norms_input_only(gated):
+    # What a layer costs in accelerator memory: the MLP keeps its input projections' outputs (the
+    # activation and product are recomputed), a norm its input in the compute dtype.
+    from jax._src.ad_checkpoint import saved_residuals
+
+    from symtune.models.layers import Mlp, Norm
+
+    config = CONFIG.replace(dtype="bfloat16", mlp_dim=96, gated_mlp=gated, activation="silu" if gated else "gelu")
+    x = jnp.ones((2, 8, config.embed_dim), jnp.bfloat16)
+    with nnx.use_eager_sharding(False):  # no mesh: plain arrays, as Decoder makes them
+        modules = ((Mlp(config, rngs=nnx.Rngs(0)), 2 if gated else 1), (Norm(config, rngs=nnx.Rngs(0)), 0))
+    for module, kept in modules:
+        graphdef, params = nnx.split(module)
+        loss = lambda p, x: nnx.merge(graphdef, p)(x).astype(jnp.float32).sum()  # noqa: E731
+        residuals = [aval for aval, _ in saved_residuals(loss, params, x) if aval.shape[:2] == (2, 8)]
+        assert sum(aval.shape == (2, 8, 96) for aval in residuals) == kept
+        assert not [aval for aval in residuals if aval.dtype == jnp.float32 and aval.shape == x.shape]

@@ -54,7 +54,9 @@ def test_a_slice_size_no_tpu_has_is_a_user_error_naming_the_sizes():
 
 @needs_gpu_compiler
 def test_small_decoder_step_compiled_for_two_h100s_matches_the_estimate():
-    model = presets.get_preset("test-tiny").replace(dtype="bfloat16")
+    # XLA's attention: at this size cuDNN's [T, S] mask planes per row (its bias and the bias's
+    # gradient) are a fifth of the step, which the estimate does not follow closely.
+    model = presets.get_preset("test-tiny").replace(dtype="bfloat16", attention="xla")
     work = Workload(model, OptimizerConfig(name="adamw"), batch_size=8, seq_len=512, steps=10, loss_fn=lm_loss,
                     platform="cuda")
     layout = Layout(1, 1, 2, 1, "fsdp", "none", 1)
@@ -132,19 +134,24 @@ def test_a_step_over_hbm_counts_with_the_tpu_compilers_figure():
     assert compiled["out_of_memory"] and compiled["compiler_bytes_per_chip"] > 16 * GiB  # a v5e chip's HBM
 
 
-@needs_tpu_compiler
-def test_a_decoder_step_compiled_for_v5p_runs_splash_attention_and_holds_no_scores():
+@pytest.mark.parametrize("kernel, platform, target", [
+    pytest.param("splash", "tpu", "v5p-8", marks=needs_tpu_compiler),
+    pytest.param("cudnn", "cuda", "4xH100", marks=needs_gpu_compiler),
+])
+def test_a_decoder_step_compiled_with_the_targets_attention_kernel_holds_no_scores(kernel, platform, target):
     model = presets.get_preset("test-tiny").replace(dtype="bfloat16")
     layout = Layout(1, 1, 4, 1, "fsdp", "none", 1)
 
     def compiled(attention: str, batch: int, seq_len: int) -> dict:
         work = Workload(model.replace(attention=attention, max_positions=seq_len), OptimizerConfig(name="adamw"),
-                        batch_size=batch, seq_len=seq_len, steps=10, loss_fn=lm_loss, platform="tpu")
+                        batch_size=batch, seq_len=seq_len, steps=10, loss_fn=lm_loss, platform=platform)
         assert work.attention == attention
-        return lower_step(work, layout, compile=True, devices=target_devices(parse_topology("v5p-8")))
+        return lower_step(work, layout, compile=True, devices=target_devices(parse_topology(target)))
 
-    splash, xla = compiled("splash", 8, 1024), compiled("xla", 8, 1024)
-    assert splash["compiler_bytes_per_chip"] < xla["compiler_bytes_per_chip"]
-    # Memory linear in the sequence length: twice the tokens per row, half the rows.
-    longer = compiled("splash", 4, 2048)
-    assert longer["compiler_bytes_per_chip"] == pytest.approx(splash["compiler_bytes_per_chip"], rel=0.15)
+    # Twice the tokens per row, half the rows: XLA's score arrays (per head, float32) double;
+    # the kernel's step grows by at most a quarter as much (cuDNN keeps one [T, S] bias plane per
+    # row, shared by the heads; splash nothing).
+    short, long = {a: compiled(a, 8, 1024)["compiler_bytes_per_chip"] for a in (kernel, "xla")}, {
+        a: compiled(a, 4, 2048)["compiler_bytes_per_chip"] for a in (kernel, "xla")}
+    assert short[kernel] < short["xla"] and long[kernel] < long["xla"]
+    assert long[kernel] - short[kernel] < (long["xla"] - short["xla"]) / 4

@@ -15,7 +15,7 @@ from flax.core import spmd
 from symtune.errors import UserError
 from symtune.models import cpu_attention
 from symtune.models.config import DecoderConfig
-from symtune.models.kernels import splash
+from symtune.models.kernels import cudnn, splash
 from symtune.models.layers import add_bias, apply_rope, constrain, dot, einsum_f32, param
 from symtune.models.platform import compute_platform
 
@@ -59,24 +59,34 @@ def cache_mask(valid: jax.Array, index: jax.Array, length: int) -> jax.Array:
 def attention_kernel(impl: str, q_shape: tuple, k_shape: tuple, *, causal: bool, dtype) -> str:
     """The attention that `attend` runs: DecoderConfig.attention resolved for the compute platform.
 
-    "auto": Pallas splash attention on TPU, the fused C++ kernel on one CPU device in float32, XLA's
-    einsums otherwise and for rows with a bidirectional prefix (`causal` False), which splash's
-    static masks cannot express. "splash" and "xla" are taken as asked (a UserError where splash
-    cannot run: not on a TPU, or shapes it does not take)."""
+    "auto": Pallas splash attention on TPU, cuDNN flash attention on GPU (bfloat16/float16), the
+    fused C++ kernel on one CPU device in float32, XLA's einsums otherwise; on TPU, rows with a
+    bidirectional prefix (`causal` False) take XLA's, as splash's static masks cannot express
+    them (cuDNN takes them exactly, through its mask). "splash", "cudnn" and "xla" are taken as
+    asked: a UserError where the kernel cannot run (another platform, or shapes it does not take)."""
     platform = compute_platform()
-    if impl == "splash":
-        problem = None if platform == "tpu" else f"it runs on TPUs only, and this step compiles for {platform}"
-        problem = problem or ("rows with a bidirectional prefix (PrefixLM) need XLA's attention" if not causal
-                              else splash.splash_supported(q_shape, k_shape))
+    if impl in ("splash", "cudnn"):
+        home = "tpu" if impl == "splash" else "gpu"
+        problem = None if platform == home else f"it runs on {home.upper()}s only, and this step compiles for {platform}"
+        if impl == "splash":
+            problem = problem or ("rows with a bidirectional prefix (PrefixLM) need XLA's attention" if not causal
+                                  else splash.splash_supported(q_shape, k_shape))
+        else:
+            problem = problem or cudnn.cudnn_supported(q_shape, k_shape, dtype)
         if problem:
-            raise UserError(f"DecoderConfig.attention='splash': {problem}; use attention='auto' or 'xla'")
-        return "splash"
+            raise UserError(f"DecoderConfig.attention='{impl}': {problem}; use attention='auto' or 'xla'")
+        return impl
     if impl == "auto":
         if platform == "tpu" and splash.splash_supported(q_shape, k_shape) is None:
             if causal:
                 return "splash"
             _say_once("rows with a bidirectional prefix (PrefixLM) take XLA's attention on TPU: splash "
                       "attention's masks are fixed when the step compiles")
+        if platform == "gpu":
+            problem = cudnn.cudnn_supported(q_shape, k_shape, dtype)
+            if problem is None:
+                return "cudnn"
+            _say_once(f"XLA's attention on GPU: {problem}")
         if platform == "cpu" and cpu_attention.applies_to(q_shape, dtype):
             return "cpu"
     return "xla"
@@ -101,6 +111,8 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, *, causal:
         rules = dict(spmd.get_logical_axis_rules() or ())
         return splash.sharded_splash_attention(q, k, v, segment_ids, batch_axes=rules.get("act_batch"),
                                                head_axes=rules.get("act_heads"))
+    if kernel == "cudnn":
+        return cudnn.cudnn_attention(q, k, v, mask, causal=causal)
     if kernel == "cpu":
         return cpu_attention.fused_attention(q, k, v, mask)
     t, s = q.shape[1], k.shape[1]
@@ -202,8 +214,9 @@ class Attention(nnx.Module):
             v = jax.lax.dynamic_update_slice_in_dim(cache_v, v.astype(cache_v.dtype), index, axis=1)
             new_cache = (k, v)
             k, v = k.astype(dtype), v.astype(dtype)
-        out = attend(q, k, v, mask, causal=causal and cache is None, block=c.causal_block, impl=c.attention,
-                     segment_ids=segment_ids if cache is None else None)
+        # Decoding through a cache takes XLA's attention: the kernels serve whole rows (training, scoring).
+        out = attend(q, k, v, mask, causal=causal and cache is None, block=c.causal_block,
+                     impl=c.attention if cache is None else "xla", segment_ids=segment_ids if cache is None else None)
         out = constrain(out, ("act_batch", "act_len", "act_heads", "act_kv"))
         y = dot(out, self.o.get_value(), "bthk,hkd->btd", dtype)
         if c.out_bias:

@@ -21,7 +21,7 @@ RENAMED_REMAT_POLICIES = {
     "dots": "save_projections",  # 'dots' also kept attention's score-sized products
 }
 DTYPES = ("float32", "bfloat16", "float16")
-ATTENTION = ("auto", "xla", "splash")
+ATTENTION = ("auto", "xla", "splash", "cudnn")
 
 
 @dataclass(frozen=True)
@@ -72,9 +72,10 @@ class DecoderConfig:
     # smaller matmuls: 256 is fastest for pythia-70m at T=512 on CPU, 128 for the TART head
     # (32 x 8 heads of width 32 at T=516), whose scores are 16x larger.
     causal_block: int = 256
-    # "auto": Pallas splash attention on TPU (models/kernels/splash.py), the fused C++ kernel of
-    # models/cpu_attention.py on one CPU device in float32, XLA's einsums elsewhere and for PrefixLM
-    # rows (models.attention.attention_kernel); "splash" or "xla": that one.
+    # "auto": Pallas splash attention on TPU (models/kernels/splash.py), cuDNN flash attention on GPU
+    # in bfloat16/float16 (models/kernels/cudnn.py), the fused C++ kernel of models/cpu_attention.py
+    # on one CPU device in float32, XLA's einsums elsewhere, for PrefixLM rows on TPU and when
+    # decoding through a KV cache (models.attention.attention_kernel); "splash", "cudnn", "xla": that one.
     attention: str = "auto"
 
     def __post_init__(self):

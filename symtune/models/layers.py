@@ -139,11 +139,18 @@ class Norm(nnx.Module):
             self.bias = param(rngs, nnx.initializers.zeros, (config.embed_dim,), ("norm",), pdtype)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        y = normalize(x.astype(jnp.float32), self.kind == "layernorm", self.eps)
-        y = y * self.scale.get_value().astype(jnp.float32)
-        if self.kind == "layernorm":
-            y = y + self.bias.get_value().astype(jnp.float32)
-        return y.astype(self.dtype)
+        bias = self.bias.get_value() if self.kind == "layernorm" else None
+        return _norm(x, self.scale.get_value(), bias, self.eps, self.dtype)
+
+
+@functools.partial(jax.checkpoint, static_argnums=(3, 4))
+def _norm(x: jax.Array, scale: jax.Array, bias: jax.Array | None, eps: float, dtype) -> jax.Array:
+    """Norm's float32 computation, rematerialised: the backward pass keeps x in its own dtype, not
+    the float32 normalised copy (llama-3-8b on v5p: 40 -> 20 MB per norm per 2,560-token row)."""
+    y = normalize(x.astype(jnp.float32), bias is not None, eps) * scale.astype(jnp.float32)
+    if bias is not None:
+        y = y + bias.astype(jnp.float32)
+    return y.astype(dtype)
 
 
 class Embed(nnx.Module):
@@ -234,18 +241,28 @@ class Mlp(nnx.Module):
         h = dot(x, self.wi.get_value(), "btd,dm->btm", dtype)
         if c.mlp_bias:
             h = add_bias(h, self.wi_bias)
+        gate = None
         if c.gated_mlp:
             gate = dot(x, self.wi_gate.get_value(), "btd,dm->btm", dtype)
             if c.mlp_bias:
                 gate = add_bias(gate, self.wi_gate_bias)
-            h = activation(c.activation, gate) * h
-        else:
-            h = activation(c.activation, h)
-        h = constrain(h, ("act_batch", "act_len", "act_mlp"))
-        y = dot(h, self.wo.get_value(), "btm,md->btd", dtype)
+        y = _mlp_out(c.activation, dtype, h, gate, self.wo.get_value())
         if c.mlp_bias:
             y = add_bias(y, self.wo_bias)
         return y
+
+
+@functools.partial(jax.checkpoint, static_argnums=(0, 1))
+def _mlp_out(name: str, dtype, h: jax.Array, gate: jax.Array | None, wo: jax.Array) -> jax.Array:
+    """activation(gate) * h (or activation(h)) through the output projection.
+
+    Rematerialised: the backward pass keeps only the input projections' outputs and recomputes
+    the elementwise activation, which otherwise keeps up to four more [tokens, mlp] arrays per
+    layer (llama-3-8b, one 2,560-token row on v5p: 420 -> 140 MB per layer in the TPU compiler).
+    """
+    h = activation(name, h) if gate is None else activation(name, gate) * h
+    h = constrain(h, ("act_batch", "act_len", "act_mlp"))
+    return dot(h, wo, "btm,md->btd", dtype)
 
 
 def rope_inverse_frequencies(config: DecoderConfig) -> np.ndarray:

@@ -44,6 +44,7 @@ from symtune.data.pipeline import FEATURES  # int32 [batch, seq_len] each
 from symtune.errors import UserError
 from symtune.models.attention import score_elements
 from symtune.models.config import DecoderConfig
+from symtune.models.kernels.cudnn import cudnn_supported
 from symtune.models.kernels.splash import splash_supported
 from symtune.models.platform import traced_as
 from symtune.train.mesh import MESH_AXES, RULE_PRESETS, MeshConfig, spec_for
@@ -145,14 +146,17 @@ class Workload:
         from symtune.models.decoder import Decoder
         from symtune.train.optim import make_optimizer
 
-        # The attention the target runs: splash on TPU where it applies (no score-sized buffers),
-        # XLA's elsewhere (traced on one CPU device, "auto" would pick the fused CPU kernel, which
-        # hides the score buffers XLA:CPU and XLA:GPU hold).
+        # The attention the target runs: splash on TPU, cuDNN on GPU where they apply (no
+        # score-sized buffers), XLA's elsewhere (traced on one CPU device, "auto" would pick the
+        # fused CPU kernel, which hides the score buffers XLA:CPU and XLA:GPU hold).
+        q_shape = (batch_size, seq_len, model.num_heads, model.head_dim)
+        k_shape = (batch_size, seq_len, model.num_kv_heads, model.head_dim)
         self.attention = "xla"
-        if platform == "tpu" and model.attention in ("auto", "splash") and splash_supported(
-                (batch_size, seq_len, model.num_heads, model.head_dim),
-                (batch_size, seq_len, model.num_kv_heads, model.head_dim)) is None:
+        if platform == "tpu" and model.attention in ("auto", "splash") and splash_supported(q_shape, k_shape) is None:
             self.attention = "splash"
+        if platform == "cuda" and model.attention in ("auto", "cudnn") and cudnn_supported(
+                q_shape, k_shape, model.dtype) is None:
+            self.attention = "cudnn"
         model = model.replace(attention=self.attention)
         self.model, self.optimizer, self.loss_fn = model, optimizer, loss_fn
         self.batch_size, self.seq_len, self.steps, self.platform = batch_size, seq_len, steps, platform
@@ -247,11 +251,12 @@ class Workload:
         if self.platform == "tpu" and layout.microbatches > 1:
             gathered = compute_bytes * sum(_size(p) // self.ways_besides_fsdp(path, layout)
                                            for path, p in self.params.items() if "layers" in self.logical[path])
-        # Attention's backward holds two f32 score-sized buffers (the gradients of the
-        # probabilities and of the scores) besides the layer's cotangents.
+        # XLA's attention backward holds two f32 score-sized buffers (the gradients of the
+        # probabilities and of the scores) besides the layer's cotangents; splash none; cuDNN's
+        # writes the gradient of its mask bias, one [T, S] plane per row in the compute dtype.
         heads = c.num_heads // layout.logical_ways("act_heads")
-        scores = 0 if self.attention == "splash" else 2 * 4 * heads * score_elements(
-            self.seq_len, causal=True, block=c.causal_block)
+        scores = {"splash": 0, "cudnn": compute_bytes * self.seq_len ** 2}.get(
+            self.attention, 2 * 4 * heads * score_elements(self.seq_len, causal=True, block=c.causal_block))
         block = (micro_rows * (max(full.layer_rows // 2, full.layer_rows - saved.layer_rows) + scores)
                  + layer * (fsdp - 1) * (4 + compute_bytes))
         # With microbatches the updates reuse the microbatch gradient's buffer.

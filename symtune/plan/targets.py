@@ -19,11 +19,11 @@ from pathlib import Path
 from typing import Any
 
 from symtune.errors import UserError
-from symtune.plan.topology import ACCELERATORS, Topology
+from symtune.plan.topology import Topology, generation
 
 DATA = Path(__file__).with_name("targets")
 GPUS_PER_HOST = 8
-INSTALL_HINT = "pip install -e '.[accel]' -c constraints.txt"
+INSTALL_HINT = "pip install -e '.[aot]' -c constraints.txt"
 
 # The Python module each compiler comes in.
 _COMPILER_MODULE = {"tpu": "libtpu", "cuda": "jax_plugins.xla_cuda12"}
@@ -45,7 +45,7 @@ def tpu_slices() -> dict[str, Any]:
 
 def gpu_target_config(topology: Topology) -> str:
     """The GpuTargetConfigProto text for the topology's GPU."""
-    return (DATA / f"{_generation(topology).lower()}.txtpb").read_text()
+    return (DATA / f"{generation(topology.accelerator).lower()}.txtpb").read_text()
 
 
 def target_devices(topology: Topology) -> list:
@@ -62,16 +62,16 @@ def target_devices(topology: Topology) -> list:
         # No chip is claimed when compiling for one: let several processes (a plan beside a test run)
         # load libtpu at once instead of failing on its single-user lock file.
         os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
-        generation = tpu_slices()[_generation(topology)]
-        slice_ = generation["slices"].get(str(topology.chips))
+        name = generation(topology.accelerator)
+        spec = tpu_slices()[name]
+        slice_ = spec["slices"].get(str(topology.chips))
         if slice_ is None:
-            sizes = ", ".join(f"{_generation(topology)}-{int(n) * topology.accelerator.cores_per_chip}"
-                              for n in generation["slices"])
-            raise UserError(f"{topology.name}: no standard {_generation(topology)} slice has {topology.chips} "
+            sizes = ", ".join(f"{name}-{int(n) * topology.accelerator.cores_per_chip}" for n in spec["slices"])
+            raise UserError(f"{topology.name}: no standard {name} slice has {topology.chips} "
                             f"chips to compile for; use one of {sizes}")
         description = topologies.get_topology_desc(
-            platform="tpu", topology_name=f"{generation['name']}:{slice_['shape']}",
-            chip_config_name=generation["chip_config"], chips_per_host_bounds=tuple(slice_["chips_per_host"]),
+            platform="tpu", topology_name=f"{spec['name']}:{slice_['shape']}",
+            chip_config_name=spec["chip_config"], chips_per_host_bounds=tuple(slice_["chips_per_host"]),
             num_slices=1)
     else:
         per_host = min(topology.chips, GPUS_PER_HOST)
@@ -98,7 +98,3 @@ def out_of_memory_temporaries(error: BaseException) -> int | None:
     if not match:
         return None
     return int(float(match.group(1)) * _UNITS[match.group(2).upper()])
-
-
-def _generation(topology: Topology) -> str:
-    return next(key for key, acc in ACCELERATORS.items() if acc is topology.accelerator)

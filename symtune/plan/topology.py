@@ -92,9 +92,14 @@ def parse_topology(name: str) -> Topology:
     return Topology(name, acc, count // acc.cores_per_chip)
 
 
+def generation(accelerator: Accelerator) -> str:
+    """The accelerator's key in ACCELERATORS: v4, v5p, v5e, v6e, H100, A100-80GB."""
+    return next(key for key, acc in ACCELERATORS.items() if acc is accelerator)
+
+
 def slice_name(accelerator: Accelerator, chips: int) -> str:
     """The name of a slice or cluster of `chips` chips: v5p-16 (TensorCores), v5e-16, 16xH100."""
-    kind = next(key for key, acc in ACCELERATORS.items() if acc is accelerator)
+    kind = generation(accelerator)
     if kind.startswith("v"):
         return f"{kind}-{chips * accelerator.cores_per_chip}"
     return f"{chips}x{kind}"
