@@ -10,6 +10,7 @@ sequences an uninterrupted one would, on any mesh and any microbatch split.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import gin
@@ -100,18 +101,16 @@ def sample_batch(config: SyntheticConfig, steps: jax.Array, rows: jax.Array, exa
     return jax.vmap(one)(steps, rows)
 
 
-def step_batches(global_batch: int, start_step: int, process_index: int = 0, process_count: int = 1):
-    """Host-local batches for the jitted step: this process's row ids and the step number.
+def step_batches(rows: Sequence[int], start_step: int):
+    """Host-local batches for the jitted step: the global rows this process builds (a trainer's
+    are symtune.train.mesh.process_batch_rows) and the step number.
 
     The sequences themselves are sampled inside the step from (seed, step, row).
     """
-    if global_batch % process_count:
-        raise UserError(f"batch size {global_batch} does not split over {process_count} processes")
-    local = global_batch // process_count
-    rows = np.arange(process_index * local, (process_index + 1) * local, dtype=np.int32)
+    rows = np.asarray(rows, dtype=np.int32)
     step = start_step
     while True:
-        yield {"row": rows, "step": np.full((local,), step, np.int32)}
+        yield {"row": rows, "step": np.full((len(rows),), step, np.int32)}
         step += 1
 
 

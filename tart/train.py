@@ -19,12 +19,14 @@ import gin
 import jax
 import jax.numpy as jnp
 import optax
+from etils import epath
 from flax import nnx
 
 from symtune.errors import UserError
 from symtune.train.checkpoint import CheckpointConfig, Checkpointer, export_params, restore_params
-from symtune.train.mesh import MeshConfig, describe_mesh, logical_rules, make_mesh
+from symtune.train.mesh import MeshConfig, describe_mesh, logical_rules, make_mesh, process_batch_rows
 from symtune.train.optim import OptimizerConfig
+from symtune.train.rundir import run_path
 from symtune.train.trainer import Trainer, TrainerConfig
 from tart.head import HeadConfig, TartHead, head_config
 from tart.synthetic import SyntheticConfig, sample_batch, step_batches
@@ -37,7 +39,8 @@ PARAMS_DIR = "params"
 @gin.configurable
 @dataclass(frozen=True)
 class TartRunConfig:
-    """Where to write and the global batch size (sequences per step)."""
+    """Where to write (a local folder or a bucket URL, gs://...) and the global batch size
+    (sequences per step)."""
 
     run_dir: str = "runs/tart"
     batch_size: int = 128
@@ -97,9 +100,9 @@ def build_trainer(head: HeadConfig, synthetic: SyntheticConfig, examples: int | 
     )
 
 
-def save_head(head: HeadConfig, params, out_dir: str | Path) -> Path:
+def save_head(head: HeadConfig, params, out_dir: str | Path) -> epath.Path:
     """Writes `head.json` and a params-only checkpoint (float32) that `load_head` reads."""
-    out_dir = Path(out_dir).resolve()
+    out_dir = run_path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if isinstance(params, nnx.State):
         params = nnx.to_pure_dict(params)
@@ -110,7 +113,7 @@ def save_head(head: HeadConfig, params, out_dir: str | Path) -> Path:
 
 def load_head(path: str | Path) -> TartHead:
     """A head saved by `save_head` (a `tart train` run's head/ directory or a shipped one)."""
-    path = Path(path)
+    path = run_path(path)
     if not (path / HEAD_FILE).is_file():
         raise UserError(f"{path} is not a TART head directory (no {HEAD_FILE}); pass a `tart train` "
                         "run's head/ directory")
@@ -133,7 +136,7 @@ def train(run: TartRunConfig) -> dict:
     from symtune.train.loop import train_loop
 
     distributed.initialize()
-    run_dir = Path(run.run_dir).resolve()
+    run_dir = run_path(run.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     head, synthetic = head_config(), SyntheticConfig()
     trainer_config, mesh_config, optimizer = TrainerConfig(), MeshConfig(), OptimizerConfig()
@@ -165,7 +168,7 @@ def train(run: TartRunConfig) -> dict:
         begin = max(first, start)
         if is_chief:
             print(f"steps {begin}-{end}: {examples} examples per sequence", flush=True)
-        batches = step_batches(run.batch_size, begin, jax.process_index(), jax.process_count())
+        batches = step_batches(process_batch_rows(trainer.mesh, run.batch_size), begin)
         state, result = train_loop(
             trainer, state, batches, start_step=begin, checkpointer=checkpointer,
             data_state=lambda step: {"start_step": step}, writer=writer,

@@ -25,7 +25,7 @@ import numpy as np  # noqa: E402
 from jax.sharding import NamedSharding, PartitionSpec as P  # noqa: E402
 
 from symtune.train import checkpoint, distributed  # noqa: E402
-from symtune.train.mesh import MeshConfig, batch_sharding, make_mesh  # noqa: E402
+from symtune.train.mesh import MeshConfig, batch_sharding, make_mesh, process_batch_rows  # noqa: E402
 
 GLOBAL_ROWS, COLS = 16, 8
 MAX_STEPS = 200
@@ -41,20 +41,13 @@ def weights() -> np.ndarray:
     return np.arange(COLS * 12, dtype=np.float32).reshape(COLS, 12) / 4
 
 
-def local_rows(sharding: NamedSharding) -> np.ndarray:
-    """This process's rows of the global array, as make_array_from_process_local_data expects them."""
-    rows = set()
-    for index in sharding.addressable_devices_indices_map((GLOBAL_ROWS, COLS)).values():
-        rows.update(range(*index[0].indices(GLOBAL_ROWS)))
-    return global_values()[sorted(rows)]
-
-
 def main(run_dir: str) -> None:
     launch = distributed.initialize(initialization_timeout_s=60)
     assert distributed.initialize() == launch  # a second call joins nothing new
     mesh = make_mesh(MeshConfig(data=2, tensor=4))
     rows_sharding = batch_sharding(mesh, 2)
-    x = jax.make_array_from_process_local_data(rows_sharding, local_rows(rows_sharding), (GLOBAL_ROWS, COLS))
+    local = global_values()[process_batch_rows(mesh, GLOBAL_ROWS)]
+    x = jax.make_array_from_process_local_data(rows_sharding, local, (GLOBAL_ROWS, COLS))
     w = jax.device_put(weights(), NamedSharding(mesh, P(None, "tensor")))
     total = float(jax.jit(jnp.sum, out_shardings=NamedSharding(mesh, P()))(x @ w))
 

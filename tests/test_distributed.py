@@ -189,3 +189,42 @@ def test_two_processes_save_one_checkpoint_that_one_process_restores(tmp_path):
     np.testing.assert_array_equal(np.asarray(state["x"]), global_values())
     np.testing.assert_array_equal(np.asarray(state["params"]["w"]), w)
     assert state["x"].sharding == abstract["x"].sharding
+
+
+ROWS_SCRIPT = """
+import json, sys
+import jax, jax.numpy as jnp, numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
+from symtune.train import distributed
+from symtune.train.mesh import MeshConfig, batch_sharding, make_mesh, process_batch_rows
+distributed.initialize()
+mesh = make_mesh(MeshConfig(data=2, tensor=4))  # a tensor group spans two processes of 2 devices
+rows = process_batch_rows(mesh, 2)
+local = (np.asarray(rows, np.float32)[:, None] + 1) * np.ones((1, 3), np.float32)  # row r holds r + 1
+x = jax.make_array_from_process_local_data(batch_sharding(mesh, 2), local, (2, 3))
+weighted = jax.jit(lambda a: (a * jnp.arange(1.0, 3.0)[:, None]).sum(), out_shardings=NamedSharding(mesh, P()))
+out = {"rows": rows, "total": float(weighted(x))}
+open(f"{sys.argv[1]}/{jax.process_index()}.json", "w").write(json.dumps(out))
+"""
+
+
+@pytest.mark.multiprocess
+def test_more_processes_than_batch_rows_each_build_the_rows_their_devices_hold(tmp_path):
+    from symtune.train.local_launch import launch
+
+    assert launch([sys.executable, "-c", ROWS_SCRIPT, str(tmp_path)], processes=4, devices=2) == 0
+    seen = [json.loads((tmp_path / f"{i}.json").read_text()) for i in range(4)]
+    # Processes 0-1 share batch shard 0 (row 0), 2-3 shard 1 (row 1); the global batch is whole.
+    assert [s["rows"] for s in seen] == [[0], [0], [1], [1]]
+    assert all(s["total"] == 1 * 1 * 3 + 2 * 2 * 3 for s in seen)
+
+
+def test_a_batch_the_mesh_batch_axes_do_not_divide_names_the_numbers_and_the_fix():
+    from symtune.errors import UserError
+    from symtune.train.mesh import process_batch_rows
+
+    with pytest.raises(UserError, match=r"batch_size=7 does not split over the mesh's 8 batch shards "
+                                        r"\(replica=1 x data=8 x fsdp=1\); use a multiple of 8 \(e\.g\. 8\)"):
+        process_batch_rows(make_mesh(MeshConfig(data=8)), 7)
+    assert process_batch_rows(make_mesh(MeshConfig(data=8)), 16) == list(range(16))
+    assert process_batch_rows(make_mesh(MeshConfig(data=1, tensor=8)), 4) == [0, 1, 2, 3]

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from symtune.train.checkpoint import export_params
 from symtune.train.mesh import MeshConfig
 from symtune.train.optim import OptimizerConfig
 from symtune.train.trainer import TrainerConfig
@@ -30,7 +31,7 @@ def run_steps(mesh_config, steps=3, batch=16, microbatches=1):
                             TrainerConfig(steps=steps, microbatches=microbatches),
                             OptimizerConfig(learning_rate=1e-3))
     state = trainer.init_state()
-    batches = step_batches(batch, 0)
+    batches = step_batches(range(batch), 0)
     losses = []
     for _ in range(steps):
         state, metrics = trainer.step(state, trainer.global_batch(next(batches)))
@@ -139,6 +140,70 @@ def test_train_resumes_to_the_same_params_as_an_uninterrupted_run(tmp_path):
     whole, split = load_head(tmp_path / "whole" / "head"), load_head(tmp_path / "split" / "head")
     for a, b in zip(jax.tree.leaves(nnx.state(whole)), jax.tree.leaves(nnx.state(split))):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+class _BucketOnDisk:
+    """fsspec's local filesystem standing in for GCS: gs://NAME/... is ROOT/NAME/... ."""
+
+    def __init__(self, root):
+        import fsspec
+
+        self.root, self.local = root, fsspec.filesystem("file")
+
+    def on_disk(self, path) -> str:
+        path = str(path)
+        return str(self.root / path.removeprefix("gs://")) if path.startswith("gs://") else path
+
+    def __getattr__(self, name):
+        method = getattr(self.local, name)
+        return lambda path, *args, **kwargs: method(self.on_disk(path), *args, **kwargs)
+
+
+def test_bucket_run_dir_stays_a_url_from_config_to_checkpoints_metrics_and_head(tmp_path, monkeypatch):
+    from clu import metric_writers
+    from etils.epath import backend
+
+    import tart.train
+
+    bucket = _BucketOnDisk(tmp_path / "gcs")
+    # epath sends gs:// paths to TensorFlow's GCS client, or to fsspec's without TensorFlow; both go to
+    # fsspec here, whose filesystem is a local folder. Orbax writes arrays through tensorstore, which
+    # has no such hook, so the three writers below record the path they are handed and write there.
+    monkeypatch.setattr(backend, "tf_backend", backend.fsspec_backend)
+    monkeypatch.setattr(backend.fsspec_backend, "fs", lambda path: bucket)
+    handed = {}
+
+    class CheckpointerOnDisk(tart.train.Checkpointer):
+        def __init__(self, run_dir, config=None):
+            handed["checkpoints"] = str(run_dir)
+            super().__init__(bucket.on_disk(run_dir), config)
+
+    def export_on_disk(params, out_dir, **kwargs):
+        handed["head params"] = str(out_dir)
+        return export_params(params, bucket.on_disk(out_dir), **kwargs)
+
+    create_writer = metric_writers.create_default_writer
+
+    def writer_on_disk(logdir, **kwargs):
+        handed["tensorboard"] = logdir
+        return create_writer(bucket.on_disk(logdir), **kwargs)
+
+    monkeypatch.setattr(tart.train, "Checkpointer", CheckpointerOnDisk)
+    monkeypatch.setattr(tart.train, "export_params", export_on_disk)
+    monkeypatch.setattr(metric_writers, "create_default_writer", writer_on_disk)
+    monkeypatch.chdir(tmp_path)
+    try:
+        _bind_tiny("gs://bucket/tart", 2)
+        summary = train(TartRunConfig())
+    finally:
+        gin.clear_config()
+    assert summary["last_step"] == 2
+    assert handed == {"checkpoints": "gs://bucket/tart", "tensorboard": "gs://bucket/tart/tensorboard",
+                      "head params": "gs://bucket/tart/head/params"}
+    run_dir = tmp_path / "gcs" / "bucket" / "tart"
+    assert {"config.gin", "run.json", "checkpoints", "tensorboard", "head"} <= {p.name for p in run_dir.iterdir()}
+    assert (run_dir / "head" / "head.json").is_file()
+    assert not (tmp_path / "gs:").exists()  # what a resolved local path would have made
 
 
 @pytest.mark.slow

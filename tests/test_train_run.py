@@ -109,6 +109,31 @@ def test_warm_start_from_a_hugging_face_directory_begins_at_its_params(tmp_path,
         np.testing.assert_allclose(value, expected[name], atol=1e-9, err_msg=name)
 
 
+@pytest.mark.parametrize("damage, message", [
+    ("drop", r"checkpoint has no tensor model\.layers\.1\.mlp\.up_proj\.weight"),
+    ("reshape", r"model\.safetensors: tensor model\.layers\.1\.mlp\.up_proj\.weight has shape \(64, 128\), "
+                r"config\.json implies \(128, 64\)"),
+])
+def test_a_warm_start_checkpoint_missing_or_misshaping_a_tensor_stops_before_writing_anything(
+        tmp_path, data_dir, gin_clean, damage, message):
+    from symtune.models.safetensors_io import read_safetensors, write_safetensors
+
+    config = get_preset("test-tiny").replace(vocab_size=4096)
+    hf_dir = export_hf(config, Decoder(config, rngs=nnx.Rngs(7)), tmp_path / "hf")
+    tensors = dict(read_safetensors(hf_dir / "model.safetensors"))
+    name = "model.layers.1.mlp.up_proj.weight"
+    if damage == "drop":
+        del tensors[name]
+    else:
+        tensors[name] = np.ascontiguousarray(tensors[name].T)
+    write_safetensors(hf_dir / "model.safetensors", {k: np.array(v) for k, v in tensors.items()})
+    parse_gin(["runs/tiny_cpu"], SMALL + ["TrainerConfig.steps=1", f"DataConfig.data_dir='{data_dir}'"])
+    with pytest.raises(UserError, match=message) as error:
+        train(RunConfig(run_dir=str(tmp_path / "run"), warm_start=str(hf_dir)))
+    assert "\n" not in str(error.value)
+    assert not (tmp_path / "run").exists()
+
+
 def test_loss_curve_is_the_same_under_dp_fsdp_and_fsdp_tp_on_the_mixture(data_dir):
     batches = train_batches("symbol_tuning", "default", batch_size=8, seq_len=128, skip_missing=True,
                             config=DataConfig(data_dir=str(data_dir)))
@@ -179,9 +204,9 @@ def test_run_killed_with_sigkill_resumes_to_bit_identical_params(tmp_path, data_
         np.testing.assert_array_equal(value, expected[name], err_msg=name)
 
 
-@pytest.mark.multiprocess
-def test_two_local_processes_train_like_one_and_one_process_resumes_their_run(tmp_path, data_dir, repo_root):
-    args = [f"--gin.{b}" for b in SMALL] + ["--gin.TrainerConfig.steps=6"]
+def train_one_and_two_processes(tmp_path, data_dir, repo_root, args: list[str]):
+    """Trains with `args` in one process x 8 devices and in two local processes x 4 devices;
+    checks they agree (losses, parameters up to reduction order) and returns both run dirs."""
     env = subprocess_env(data_dir, 8)
     single, multi = tmp_path / "single", tmp_path / "multi"
     subprocess.run(cli(*args, f"--run_dir={single}"), env=env, cwd=repo_root, check=True, capture_output=True)
@@ -190,7 +215,7 @@ def test_two_local_processes_train_like_one_and_one_process_resumes_their_run(tm
                           cwd=repo_root,
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-3000:]
-    assert "[0] training done at step 6" in done.stdout and "[1] " in done.stdout
+    assert "[0] training done at step" in done.stdout and "[1] " in done.stdout
     one, two = (json.loads((d / "run.json").read_text()) for d in (single, multi))
     assert two["processes"] == 2 and two["devices"] == 8 and one["processes"] == 1
     np.testing.assert_allclose([h["loss"] for h in two["history"]], [h["loss"] for h in one["history"]],
@@ -198,11 +223,32 @@ def test_two_local_processes_train_like_one_and_one_process_resumes_their_run(tm
     expected = trained_params(single)
     for name, value in trained_params(multi).items():
         assert_equal_up_to_reduction_order(value, expected[name], name)
+    return single, multi
+
+
+@pytest.mark.multiprocess
+def test_two_local_processes_train_like_one_and_one_process_resumes_their_run(tmp_path, data_dir, repo_root):
+    args = [f"--gin.{b}" for b in SMALL] + ["--gin.TrainerConfig.steps=6"]
+    _, multi = train_one_and_two_processes(tmp_path, data_dir, repo_root, args)
+    env = subprocess_env(data_dir, 8)
     more = [a for a in args if "steps" not in a] + ["--gin.TrainerConfig.steps=8"]
     resumed = subprocess.run(cli(*more, f"--run_dir={multi}"), env=env, cwd=repo_root, capture_output=True,
                              text=True, check=True)
     assert "resuming from step 6" in resumed.stdout
     assert json.loads((multi / "run.json").read_text())["last_step"] == 8
+
+
+@pytest.mark.multiprocess
+@pytest.mark.parametrize("axis, rules", [("tensor", "tp"), ("fsdp", "fsdp")])
+def test_two_local_processes_with_a_model_axis_across_them_train_like_one(tmp_path, data_dir, repo_root, axis,
+                                                                          rules):
+    # An 8-way axis over both processes' devices. Under tensor=8 there is one batch shard, which
+    # both processes hold: each must build all 8 rows, identically.
+    mesh = ["MeshConfig.data=1", f"MeshConfig.{axis}=8", f"MeshConfig.rules='{rules}'"]
+    heads = "model_config.overrides={'num_heads': 8, 'num_kv_heads': 8, 'head_dim': 8}"  # 8 tensor shards
+    args = [f"--gin.{b}" for b in [*SMALL, *mesh, heads]] + ["--gin.TrainerConfig.steps=3"]
+    _, multi = train_one_and_two_processes(tmp_path, data_dir, repo_root, args)
+    assert json.loads((multi / "run.json").read_text())["mesh"][axis] == 8
 
 
 def test_local_launcher_stops_the_others_when_one_process_fails():
@@ -212,3 +258,57 @@ def test_local_launcher_stops_the_others_when_one_process_fails():
                    "if os.environ['SYMTUNE_PROCESS_ID'] == '1': sys.exit(3)\ntime.sleep(60)"],
                   processes=2, devices=1)
     assert code == 3
+
+
+@pytest.mark.multiprocess
+def test_warm_start_on_two_processes_reads_only_each_process_shards(tmp_path, repo_root):
+    from symtune.train.local_launch import launch
+
+    config = get_preset("test-tiny").replace(vocab_size=16384, num_layers=12, embed_dim=1024, num_heads=8,
+                                             num_kv_heads=8, head_dim=128, mlp_dim=4096)
+    abstract = nnx.state(nnx.eval_shape(lambda: Decoder(config, rngs=nnx.Rngs(0))), nnx.Param)
+    rng = np.random.default_rng(0)
+    params = jax.tree.map(lambda x: rng.standard_normal(x.shape, np.float32), nnx.to_pure_dict(abstract))
+    model_dir = export_hf(config, params, tmp_path / "model", max_shard_bytes=256 << 20)
+    del params
+    size = sum(f.stat().st_size for f in model_dir.glob("*.safetensors"))
+    assert size > 0.9e9  # ~1 GB of float32 tensors in 4 files
+
+    worker = repo_root / "tests" / "warm_start_worker.py"
+    assert launch([sys.executable, str(worker), str(model_dir), str(tmp_path)], processes=2, devices=4) == 0
+    for process in (0, 1):
+        seen = json.loads((tmp_path / f"{process}.json").read_text())
+        assert seen["equal"] == seen["shards"]  # every shard held equals the file
+        # Each process holds half the parameters (fsdp over both processes' 8 devices), and its
+        # resident memory grows by little more while reading them.
+        assert seen["held"] <= 0.55 * size
+        assert seen["grown"] <= 0.6 * size, f"process {process} grew by {seen['grown'] / size:.2f} x the checkpoint"
+
+
+@pytest.mark.parametrize("attention, reason", [
+    ("splash", "it runs on TPUs only, and this step compiles for cpu"),
+    ("cudnn", "it runs on GPUs only, and this step compiles for cpu"),
+])
+def test_an_attention_kernel_the_platform_lacks_is_one_line_and_exit_2_before_writing(
+        tmp_path, data_dir, gin_clean, capsys, attention, reason):
+    from symtune import cli as symtune_cli
+
+    code = symtune_cli.main(["train", "--gin_file=runs/tiny_cpu", f"--run_dir={tmp_path / 'run'}",
+                             f"--gin.model_config.overrides={{'attention': '{attention}'}}",
+                             f"--gin.DataConfig.data_dir='{data_dir}'", "--gin.TrainData.batch_size=8"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "Traceback" not in err
+    assert f"DecoderConfig.attention='{attention}': {reason}; use attention='auto' or 'xla'" in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_batch_the_mesh_batch_axes_do_not_divide_is_one_line_and_exit_2_before_writing(
+        tmp_path, data_dir, gin_clean, capsys):
+    from symtune import cli as symtune_cli
+
+    code = symtune_cli.main(["train", "--gin_file=runs/tiny_cpu", f"--run_dir={tmp_path / 'run'}",
+                             f"--gin.DataConfig.data_dir='{data_dir}'", "--gin.TrainData.batch_size=4"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "Traceback" not in err
+    assert "batch_size=4 does not split over the mesh's 8 batch shards (replica=1 x data=8 x fsdp=1)" in err
+    assert not (tmp_path / "run").exists()

@@ -7,6 +7,7 @@ import itertools
 from pathlib import Path
 from typing import Iterator
 
+import symtune.data.special_tokens  # noqa: F401  SpecialTokens, for `inspect --vocabulary=hf:DIR`
 from symtune.errors import UserError
 
 USES_GIN = True
@@ -90,14 +91,16 @@ def rendered(task: str, n: int, seed: int) -> Iterator[tuple[str, str]]:
 
 
 def run_inspect(args: argparse.Namespace) -> int:
+    from symtune.data.encoding import encode_prompt
     from symtune.data.vocab import get_vocabulary
 
     vocabulary = get_vocabulary(args.vocabulary)
     for i, (inputs, targets) in enumerate(rendered(args.task, args.n, args.seed)):
+        input_ids, (target_ids,) = encode_prompt(vocabulary, inputs, [targets])
         print(f"=== {args.task} example {i} ===")
         print(inputs + f"[{targets}]")
-        print(f"--- target: {targets!r} | tokens: inputs {len(vocabulary.encode(inputs))}, "
-              f"targets {len(vocabulary.encode(targets))}\n")
+        print(f"--- target: {targets!r} | tokens: inputs {len(input_ids)}, "
+              f"targets {len(target_ids)}\n")
     return 0
 
 

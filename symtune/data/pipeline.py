@@ -21,12 +21,13 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import gin
 import numpy as np
 import seqio
 
+from symtune.data.encoding import encode_prompt
 from symtune.data.prompts import (TUNING_SETTING, TUNING_SHOTS, Prompt, TuningMixture, fit_to_budget,
                                   prompt_rng)
 from symtune.data.sources import DataConfig
@@ -57,15 +58,11 @@ class RowBuilder:
                  pack: bool, stats: PackStats):
         self.mixture, self.vocabulary = mixture, vocabulary
         self.seq_len, self.pack, self.stats = seq_len, pack, stats
-        self.eos = [vocabulary.eos_id] if vocabulary.eos_id is not None else []
 
     def encode(self, prompt: Prompt) -> tuple[list[int], list[int]]:
-        # The space before the target moves into the targets so a BPE vocabulary (GPT-2, Pythia)
-        # tokenizes " 377" as in the exemplars; SentencePiece and bytes come out the same.
-        inputs = prompt.inputs
-        space = inputs[len(inputs.rstrip(" ")):]
-        return (list(self.vocabulary.encode(inputs[:len(inputs) - len(space)])),
-                list(self.vocabulary.encode(space + prompt.targets)) + self.eos)
+        """(inputs, targets + EOS) token ids, as evaluation scores and decodes them (`encode_prompt`)."""
+        inputs, (targets,) = encode_prompt(self.vocabulary, prompt.inputs, [prompt.targets])
+        return inputs, targets
 
     def count(self, prompt: Prompt) -> int:
         inputs, targets = self.encode(prompt)
@@ -120,7 +117,7 @@ class RowBuilder:
 class TrainBatches:
     """Iterator over per-host batches from `start_step` on; `step` is the next batch's step."""
 
-    def __init__(self, builder: RowBuilder, seed: int, rows: range, start_step: int,
+    def __init__(self, builder: RowBuilder, seed: int, rows: Sequence[int], start_step: int,
                  missing: list[str]):
         self.builder, self.seed, self.rows, self.step = builder, seed, rows, start_step
         self.missing = missing  # datasets left out of the mixture because no source has them
@@ -165,11 +162,13 @@ def train_batches(mixture_or_task: str = TUNING_MIXTURE,
                   seq_len: int, seed: int = 0, start_step: int = 0, shard_index: int | None = None,
                   shard_count: int | None = None, pack: bool = True,
                   config: DataConfig | None = None, skip_missing: bool = False,
-                  setting: str = TUNING_SETTING) -> TrainBatches:
+                  setting: str = TUNING_SETTING, rows: Sequence[int] | None = None) -> TrainBatches:
     """Per-host batches of symbol-tuning prompts as PrefixLM features (numpy int32).
 
-    `batch_size` is global; each host gets [batch_size // shard_count, seq_len] arrays.
-    shard_index/shard_count default to jax.process_index()/process_count(). `vocabulary` is a
+    `batch_size` is global. `rows` are the global rows this host builds (a trainer passes the
+    ones its devices hold, symtune.train.mesh.process_batch_rows); without them each host gets
+    [batch_size // shard_count, seq_len] arrays, shard_index/shard_count defaulting to
+    jax.process_index()/process_count(). Row r of step N depends on (seed, N, r) only. `vocabulary` is a
     seqio vocabulary or `default`, `byte`, `spm:PATH`, `hf:PATH`. With `skip_missing`, tuning
     datasets no source holds are left out (listed in `.missing`) instead of failing. `setting`
     renders the prompts: `symbols` (symbol tuning) or a baseline such as `instructions_natural`.
@@ -177,7 +176,10 @@ def train_batches(mixture_or_task: str = TUNING_MIXTURE,
     if seq_len < 8 or batch_size < 1 or start_step < 0:
         raise UserError(f"need seq_len >= 8, batch_size >= 1, start_step >= 0 "
                         f"(got {seq_len}, {batch_size}, {start_step})")
-    rows = host_rows(batch_size, shard_index, shard_count)
+    if rows is None:
+        rows = host_rows(batch_size, shard_index, shard_count)
+    elif not rows or not all(0 <= r < batch_size for r in rows):
+        raise UserError(f"rows must be a non-empty selection of 0..{batch_size - 1}, got {list(rows)[:8]}")
     mixture, missing = load_tuning_mixture(mixture_or_task, config, skip_missing, setting)
     builder = RowBuilder(mixture, get_vocabulary(vocabulary), seq_len, pack, PackStats())
     return TrainBatches(builder, seed, rows, start_step, missing)
@@ -199,8 +201,9 @@ class TrainData:
     config: DataConfig = field(default_factory=DataConfig)
 
     def batches(self, start_step: int = 0, shard_index: int | None = None,
-                shard_count: int | None = None) -> TrainBatches:
+                shard_count: int | None = None, rows: Sequence[int] | None = None) -> TrainBatches:
         return train_batches(self.mixture_or_task, self.vocabulary, batch_size=self.batch_size,
                              seq_len=self.seq_len, seed=self.seed, start_step=start_step,
                              shard_index=shard_index, shard_count=shard_count, pack=self.pack,
-                             config=self.config, skip_missing=self.skip_missing, setting=self.setting)
+                             config=self.config, skip_missing=self.skip_missing, setting=self.setting,
+                             rows=rows)

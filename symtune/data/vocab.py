@@ -1,4 +1,5 @@
-"""seqio vocabularies: SentencePiece, bytes, and Hugging Face tokenizers loaded from local files.
+"""seqio vocabularies: SentencePiece, bytes, and Hugging Face tokenizers loaded from local files
+(their special tokens read from the model directory's config files: `symtune.data.special_tokens`).
 
 `default_vocabulary()` is a small SentencePiece model (4,096 pieces, byte fallback, T5 ids:
 pad 0, eos 1, unk 2) shipped in `assets/`, trained once by `build_default_model` on the training
@@ -17,51 +18,52 @@ from pathlib import Path
 import seqio
 import tensorflow as tf
 
+from symtune.data.special_tokens import TOKENIZER_FILE, SpecialTokens, read_special_tokens
 from symtune.errors import UserError
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 DEFAULT_MODEL = ASSETS / "symtune_sp4096.model"
 DEFAULT_VOCAB_SIZE = 4096
-_EOS_TOKENS = ("</s>", "<|endoftext|>", "<eos>", "[SEP]")
-_PAD_TOKENS = ("<pad>", "[PAD]", "<|padding|>")
 
 
 class HFTokenizerVocabulary(seqio.Vocabulary):
-    """A seqio vocabulary backed by a local Hugging Face `tokenizer.json` (Llama, Pythia, GPT-2)."""
+    """A seqio vocabulary over a local Hugging Face tokenizer: tokenizer.json and, beside it, the
+    config files that name its special tokens (see `symtune.data.special_tokens`).
 
-    def __init__(self, path: str | Path, eos_token: str | None = None, pad_token: str | None = None):
+    `encode` adds no special tokens; `symtune.data.encoding.encode_prompt` adds BOS (where
+    `add_bos`) and EOS. Without a pad token padding uses generation_config.json's pad id, else
+    EOS. `special` defaults to gin's `SpecialTokens()`.
+    """
+
+    def __init__(self, path: str | Path, special: SpecialTokens | None = None):
         from tokenizers import Tokenizer
 
         path = Path(path)
-        file = path / "tokenizer.json" if path.is_dir() else path
+        file = path / TOKENIZER_FILE if path.is_dir() else path
         if not file.is_file():
-            raise UserError(f"no tokenizer.json at {path}; pass a directory or file saved by "
+            raise UserError(f"no {TOKENIZER_FILE} at {path}; pass a directory or file saved by "
                             "`tokenizers`/`transformers` (save_pretrained)")
         self._path = file
         self._tokenizer = Tokenizer.from_file(str(file))
-        self._eos = self._token_id(eos_token, _EOS_TOKENS)
-        pad = self._token_id(pad_token, _PAD_TOKENS)
-        # Padding positions are masked by segment ids and loss weights, never by token value,
-        # so a tokenizer without a pad token pads with eos.
-        self._pad = self._eos if pad is None else pad
+        self._special = read_special_tokens(self._tokenizer, file.parent, special)
         super().__init__(extra_ids=0)
 
-    def _token_id(self, given: str | None, candidates: tuple[str, ...]) -> int | None:
-        for token in (given,) if given else candidates:
-            token_id = self._tokenizer.token_to_id(token)
-            if token_id is not None:
-                return token_id
-        if given:
-            raise UserError(f"token {given!r} is not in {self._path}")
-        return None
+    @property
+    def bos_id(self) -> int | None:
+        return self._special.bos_id
 
     @property
-    def eos_id(self) -> int | None:
-        return self._eos
+    def add_bos(self) -> bool:
+        """Whether the model expects BOS at the start of every sequence."""
+        return self._special.add_bos
+
+    @property
+    def eos_id(self) -> int:
+        return self._special.eos_id
 
     @property
     def pad_id(self) -> int:
-        return self._pad
+        return self._special.pad_id
 
     @property
     def unk_id(self) -> int | None:
@@ -91,7 +93,8 @@ class HFTokenizerVocabulary(seqio.Vocabulary):
         return text
 
     def __eq__(self, other) -> bool:
-        return isinstance(other, HFTokenizerVocabulary) and other._path == self._path
+        return (isinstance(other, HFTokenizerVocabulary) and other._path == self._path
+                and other._special == self._special)
 
 
 @functools.cache

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from etils import epath
 
+import symtune.data.special_tokens  # noqa: F401  SpecialTokens, bound before the command runs
 from symtune.errors import UserError
 from symtune.eval.suite import EvalConfig
 from symtune.train.mesh import MeshConfig

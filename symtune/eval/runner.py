@@ -1,9 +1,11 @@
 """Text in, scores and continuations out: a Decoder and its tokenizer behind the suite's interface.
 
-Prompt and candidate are tokenized separately, as the training pipeline tokenizes inputs and
-targets, and a candidate ends with EOS when the model was trained to end targets with it. All
-model calls run inside `context()` (a mesh + logical-rules context), so a sharded model is
-evaluated sharded.
+Prompts and candidates are tokenized by `symtune.data.encoding.encode_prompt`, as the training
+pipeline tokenizes inputs and targets: BOS where the model expects it, the space before the answer
+in the answer, and EOS after a candidate when the model was trained to end targets with it.
+Decoding feeds the prompt without that space, so a continuation's leading space is dropped from
+the text it returns. All model calls run inside `context()` (a mesh + logical-rules context), so
+a sharded model is evaluated sharded.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 
+from symtune.data.encoding import bos_prefix, encode_prompt, split_answer_space
 from symtune.data.prompts import Prompt
 from symtune.errors import UserError
 from symtune.models.decode import greedy_decode, score_continuations
@@ -63,27 +66,33 @@ class DecoderModel:
         self.budget = max_length
         self.max_decode_tokens = max_decode_tokens
         self.batch_size = batch_size
-        self.eos = [vocabulary.eos_id] if score_eos and vocabulary.eos_id is not None else []
+        self.score_eos = score_eos
         self.prefix_lm = prefix_lm
 
-    def _candidate(self, text: str) -> list[int]:
-        return list(self.vocabulary.encode(text)) + self.eos
+    def _encode(self, inputs: str, candidates: Sequence[str]) -> tuple[list[int], list[list[int]]]:
+        return encode_prompt(self.vocabulary, inputs, candidates, eos=self.score_eos)
 
     def count(self, prompt: Prompt) -> int:
-        longest = max(len(self._candidate(label)) for label in prompt.label_strings)
-        return len(self.vocabulary.encode(prompt.inputs)) + longest
+        inputs, candidates = self._encode(prompt.inputs, prompt.label_strings)
+        return len(inputs) + max(len(c) for c in candidates)
 
     def score(self, inputs: Sequence[str], candidates: Sequence[Sequence[str]]) -> np.ndarray:
-        prompts = [list(self.vocabulary.encode(text)) for text in inputs]
-        continuations = [[self._candidate(c) for c in options] for options in candidates]
+        encoded = [self._encode(text, options) for text, options in zip(inputs, candidates)]
         with self.context():
-            scores = score_continuations(self.model, prompts, continuations, batch_size=self.batch_size,
-                                         prefix_lm=self.prefix_lm)
+            scores = score_continuations(self.model, [p for p, _ in encoded], [c for _, c in encoded],
+                                         batch_size=self.batch_size, prefix_lm=self.prefix_lm)
         return scores.logprob
 
+    def _decoding_prompt(self, text: str) -> list[int]:
+        """The prompt's ids; of a prompt too long for the budget, BOS and the end (as BIG-bench keeps)."""
+        ids, _ = self._encode(text, ())
+        bos = bos_prefix(self.vocabulary)
+        room = self.budget - self.max_decode_tokens - len(bos)
+        body = ids[len(bos):]
+        return bos + body[max(0, len(body) - room):]
+
     def generate(self, inputs: Sequence[str], stop_strings: Sequence[str]) -> list[str]:
-        keep = self.budget - self.max_decode_tokens  # BIG-bench keeps the end of a long prompt
-        prompts = [list(self.vocabulary.encode(text))[-keep:] for text in inputs]
+        prompts = [self._decoding_prompt(text) for text in inputs]
         stops = [ids for ids in (list(self.vocabulary.encode(s)) for s in stop_strings) if ids]
         texts = []
         for start in range(0, len(prompts), self.batch_size):
@@ -92,4 +101,4 @@ class DecoderModel:
                                     self.max_decode_tokens, stop_sequences=stops,
                                     eos_id=self.vocabulary.eos_id, pad_id=self.vocabulary.pad_id)
             texts += [self.vocabulary.decode(row[:n].tolist()) for row, n in zip(out.tokens, out.lengths)]
-        return texts
+        return [text.removeprefix(split_answer_space(prompt)[1]) for text, prompt in zip(texts, inputs)]

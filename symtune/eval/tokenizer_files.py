@@ -1,9 +1,9 @@
 """Tokenizer files of a Hugging Face model directory, to and from our vocabulary specs.
 
-`hf:PATH` copies tokenizer.json (and its config files); SentencePiece models (`default`,
-`spm:PATH`) are written as spiece.model with a T5Tokenizer config, the byte vocabulary as a
-ByT5Tokenizer config without extra ids: each loads in `transformers.AutoTokenizer` with our
-token ids, and `vocabulary_of` reads the spec back for `symtune eval --hf_model`.
+`hf:PATH` copies tokenizer.json and the config files that name its special tokens; SentencePiece
+models (`default`, `spm:PATH`) are written as spiece.model with a T5Tokenizer config, the byte
+vocabulary as a ByT5Tokenizer config without extra ids: each loads in `transformers.AutoTokenizer`
+with our token ids, and `vocabulary_of` reads the spec back for `symtune eval --hf_model`.
 """
 
 from __future__ import annotations
@@ -13,11 +13,13 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from symtune.data.special_tokens import (GENERATION_CONFIG, SPECIAL_TOKENS_MAP, TOKENIZER_CONFIG,
+                                         TOKENIZER_FILE)
 from symtune.data.vocab import DEFAULT_MODEL
 
 SPM_FILE = "spiece.model"
-TOKENIZER_CONFIG = "tokenizer_config.json"
-HF_TOKENIZER_FILES = ("tokenizer.json", TOKENIZER_CONFIG, "special_tokens_map.json")
+# generation_config.json too: some tokenizers (GPT-2) name their EOS only there.
+HF_TOKENIZER_FILES = (TOKENIZER_FILE, TOKENIZER_CONFIG, SPECIAL_TOKENS_MAP, GENERATION_CONFIG)
 
 
 def write_tokenizer_files(vocabulary: str, out_dir: str | Path) -> list[str]:
@@ -45,7 +47,7 @@ def write_tokenizer_files(vocabulary: str, out_dir: str | Path) -> list[str]:
 def vocabulary_of(model_dir: str | Path) -> str | None:
     """The vocabulary spec of an HF model directory's tokenizer files, or None if it has none."""
     model_dir = Path(model_dir).resolve()
-    if (model_dir / "tokenizer.json").is_file():
+    if (model_dir / TOKENIZER_FILE).is_file():
         return f"hf:{model_dir}"
     if (model_dir / SPM_FILE).is_file():
         return f"spm:{model_dir / SPM_FILE}"

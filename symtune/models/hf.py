@@ -24,7 +24,7 @@ from symtune.errors import UserError
 from symtune.models.config import DecoderConfig
 from symtune.models.decoder import Decoder
 from symtune.models.layers import mesh_is_set
-from symtune.models.safetensors_io import read_safetensors, write_safetensors
+from symtune.models.safetensors_io import read_header, read_tensor, write_safetensors
 
 Params = dict[str, Any]
 WEIGHTS = "model.safetensors"
@@ -300,7 +300,8 @@ def _layer_tensors(c: DecoderConfig) -> list[_Tensor]:
 
 
 class _Checkpoint:
-    """The tensors of a model directory (one safetensors file, or several with an index)."""
+    """The tensors of a model directory (one safetensors file, or several with an index), read
+    one at a time from the files' headers: nothing is mapped or held beyond the tensor asked for."""
 
     def __init__(self, model_dir: Path):
         self.dir = model_dir
@@ -314,21 +315,35 @@ class _Checkpoint:
                 f"{model_dir} has neither {WEIGHTS} nor {INDEX} (PyTorch .bin checkpoints are not read: "
                 "re-save with save_pretrained(..., safe_serialization=True))"
             )
-        self.tensors: dict[str, np.ndarray] = {}
+        self.entries: dict[str, tuple[Path, dict, int]] = {}
         for name in files:
             if not (model_dir / name).is_file():
                 raise UserError(f"{model_dir}: {INDEX} lists {name}, which is missing")
-            self.tensors.update(read_safetensors(model_dir / name))
+            header, data_start = read_header(model_dir / name)
+            self.entries.update({t: (model_dir / name, info, data_start) for t, info in header.items()})
 
-    def get(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
-        """The tensor by its canonical name (or without the base-model prefix), shape-checked."""
+    def _entry(self, name: str, shape: tuple[int, ...]) -> tuple[Path, dict, int]:
+        """The file entry of a tensor by its canonical name (or without the base-model prefix), shape-checked."""
         candidates = [name] + [name[len(p):] for p in _PREFIXES if name.startswith(p)]
-        found = next((self.tensors[n] for n in candidates if n in self.tensors), None)
+        found = next((self.entries[n] for n in candidates if n in self.entries), None)
         if found is None:
             raise UserError(f"{self.dir}: checkpoint has no tensor {name}")
-        if tuple(found.shape) != shape:
-            raise UserError(f"{self.dir}: tensor {name} has shape {tuple(found.shape)}, config.json implies {shape}")
+        if tuple(found[1]["shape"]) != shape:
+            raise UserError(f"{found[0]}: tensor {name} has shape {tuple(found[1]['shape'])}, config.json "
+                            f"implies {shape}")
         return found
+
+    def check(self, config: DecoderConfig) -> None:
+        """A UserError naming the first tensor the config needs that is missing or misshapen."""
+        for t in _top_tensors(config):
+            self._entry(t.name, t.shape)
+        for t in _layer_tensors(config):
+            for i in range(config.num_layers):
+                self._entry(t.name.format(i=i), t.shape)
+
+    def get(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
+        """The tensor, read into memory."""
+        return read_tensor(*self._entry(name, shape))
 
 
 def _put(tree: Params, path: str, value: np.ndarray) -> None:
@@ -361,6 +376,81 @@ def import_hf(model_dir: str | Path, param_dtype: str = "float32") -> tuple[Deco
         for j, path in enumerate(t.ours):
             _put(params, "stack/layers/" + path, np.stack([parts[j] for parts in per_layer]).astype(dtype))
     return config, params
+
+
+def check_checkpoint(model_dir: str | Path) -> None:
+    """Checks from the files' headers alone that a HF directory holds every tensor its config.json
+    needs, in its shape: a UserError naming the file and tensor otherwise."""
+    model_dir = Path(model_dir)
+    _Checkpoint(model_dir).check(config_from_hf(json.loads((model_dir / "config.json").read_text())))
+
+
+def read_sharded_params(model_dir: str | Path, abstract_params: Mapping[str, Any]) -> Params:
+    """A HF checkpoint's tensors as the model's sharded parameters: `abstract_params` is the nested
+    dict of jax.ShapeDtypeStruct (with shardings) of `import_hf`'s layout.
+
+    Each process reads the HF tensors one at a time and keeps only the slices its devices hold,
+    cast to the target dtype: its memory grows by its shards plus one HF tensor, never the whole
+    checkpoint (a process reads every tensor, as a transposed slice is spread over the file).
+    """
+    model_dir = Path(model_dir)
+    check_checkpoint(model_dir)
+    ckpt = _Checkpoint(model_dir)
+    config = config_from_hf(json.loads((model_dir / "config.json").read_text()))
+    out: Params = {}
+
+    def fill(tensors: list[_Tensor], prefix: str, layers: int | None) -> None:
+        for t in tensors:
+            targets = [_get_abstract(abstract_params, prefix + path, model_dir) for path in t.ours]
+            # One host buffer per distinct slice; devices holding the same slice share it.
+            slices = [{_key(index): index for index in x.sharding.addressable_devices_indices_map(x.shape).values()}
+                      for x in targets]
+            buffers = [{k: _aligned_empty(_slice_shape(index, x.shape), x.dtype) for k, index in s.items()}
+                       for s, x in zip(slices, targets)]
+            for i in range(layers or 1):
+                name = t.name.format(i=i) if layers else t.name
+                parts = t.split(ckpt.get(name, t.shape))
+                for part, s, b in zip(parts, slices, buffers):
+                    for k, index in s.items():
+                        if layers is None:
+                            b[k][...] = part[index]
+                        elif (index[0].start or 0) <= i < (index[0].stop if index[0].stop is not None else layers):
+                            b[k][i - (index[0].start or 0)] = part[index[1:]]
+                del parts  # before the next tensor is read
+            for path, x, b in zip(t.ours, targets, buffers):
+                # may_alias: on a CPU device the buffer becomes the array's memory, not a copy of it.
+                arrays = [jax.device_put(b[_key(index)], device, may_alias=True)
+                          for device, index in x.sharding.addressable_devices_indices_map(x.shape).items()]
+                b.clear()
+                _put(out, prefix + path, jax.make_array_from_single_device_arrays(x.shape, x.sharding, arrays))
+
+    fill(_top_tensors(config), "", None)
+    fill(_layer_tensors(config), "stack/layers/", config.num_layers)
+    return out
+
+
+def _get_abstract(tree: Mapping[str, Any], path: str, model_dir: Path):
+    for key in path.split("/"):
+        if key not in tree:
+            raise UserError(f"{model_dir}: the model has no parameter {path} (does config.json match it?)")
+        tree = tree[key]
+    return tree
+
+
+def _key(index: tuple[slice, ...]) -> tuple:
+    return tuple((s.start, s.stop) for s in index)
+
+
+def _aligned_empty(shape: tuple[int, ...], dtype) -> np.ndarray:
+    """np.empty on a 64-byte boundary: a CPU device can then take it as its buffer without a copy."""
+    dtype = np.dtype(dtype)
+    raw = np.empty(int(np.prod(shape)) * dtype.itemsize + 64, np.uint8)
+    start = -raw.ctypes.data % 64
+    return raw[start:start + int(np.prod(shape)) * dtype.itemsize].view(dtype).reshape(shape)
+
+
+def _slice_shape(index: tuple[slice, ...], shape: tuple[int, ...]) -> tuple[int, ...]:
+    return tuple(len(range(*s.indices(n))) for s, n in zip(index, shape))
 
 
 def decoder_from_params(config: DecoderConfig, params: Mapping[str, Any]) -> Decoder:

@@ -1,4 +1,5 @@
-"""Reading and writing safetensors files as numpy arrays, bfloat16 included, memory-mapped on read.
+"""Reading and writing safetensors files as numpy arrays, bfloat16 included: memory-mapped whole, or
+one tensor at a time into memory.
 
 The format: an 8-byte little-endian header length, a JSON header mapping each tensor name to its
 dtype, shape and [begin, end) byte offsets into the data that follows. (safetensors' own numpy
@@ -25,19 +26,33 @@ DTYPES = {
 CODES = {dtype: code for code, dtype in DTYPES.items()}
 
 
-def read_safetensors(path: Path) -> dict[str, np.ndarray]:
-    """All tensors of one file as read-only memory-mapped numpy arrays."""
+def read_header(path: Path) -> tuple[dict[str, dict], int]:
+    """A file's tensor entries (name -> dtype, shape, data_offsets) and the byte where its data starts."""
     with open(path, "rb") as f:
         (size,) = struct.unpack("<Q", f.read(8))
         header = json.loads(f.read(size))
-    has_data = Path(path).stat().st_size > 8 + size  # np.memmap refuses an empty range
-    data = np.memmap(path, dtype=np.uint8, mode="r", offset=8 + size) if has_data else np.zeros(0, np.uint8)
-    tensors = {}
+    header.pop("__metadata__", None)
     for name, info in header.items():
-        if name == "__metadata__":
-            continue
         if info["dtype"] not in DTYPES:
             raise UserError(f"{path}: tensor {name} has unsupported dtype {info['dtype']}")
+    return header, 8 + size
+
+
+def read_tensor(path: Path, info: dict, data_start: int) -> np.ndarray:
+    """One tensor, read into memory (not mapped: a process holds only what it has read)."""
+    dtype = DTYPES[info["dtype"]]
+    begin, end = info["data_offsets"]
+    return np.fromfile(path, dtype=dtype, count=(end - begin) // dtype.itemsize,
+                       offset=data_start + begin).reshape(info["shape"])
+
+
+def read_safetensors(path: Path) -> dict[str, np.ndarray]:
+    """All tensors of one file as read-only memory-mapped numpy arrays."""
+    header, data_start = read_header(path)
+    has_data = Path(path).stat().st_size > data_start  # np.memmap refuses an empty range
+    data = np.memmap(path, dtype=np.uint8, mode="r", offset=data_start) if has_data else np.zeros(0, np.uint8)
+    tensors = {}
+    for name, info in header.items():
         begin, end = info["data_offsets"]
         tensors[name] = data[begin:end].view(DTYPES[info["dtype"]]).reshape(info["shape"])
     return tensors

@@ -137,6 +137,26 @@ def batch_sharding(mesh: Mesh, ndim: int = 2) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec(BATCH_AXES, *([None] * (ndim - 1))))
 
 
+def process_batch_rows(mesh: Mesh, batch_size: int) -> list[int]:
+    """The rows of a global batch that this process's devices hold under `batch_sharding`, in the
+    order `jax.make_array_from_process_local_data` reads them.
+
+    Processes whose devices hold the same batch shards (a tensor axis spanning hosts) get the same
+    rows; a process may hold fewer rows than there are processes, or rows that are not contiguous.
+    """
+    shards = math.prod(mesh.shape[a] for a in BATCH_AXES)
+    if batch_size % shards:
+        lower, upper = batch_size // shards * shards, -(-batch_size // shards) * shards
+        raise UserError(
+            f"batch_size={batch_size} does not split over the mesh's {shards} batch shards "
+            f"({' x '.join(f'{a}={mesh.shape[a]}' for a in BATCH_AXES)}); use a multiple of {shards} "
+            f"(e.g. {upper}{f' or {lower}' if lower else ''}) or fewer batch shards (more tensor parallelism)")
+    per_shard = batch_size // shards
+    held = batch_sharding(mesh, 1).addressable_devices_indices_map((batch_size,)).values()
+    starts = sorted({index[0].start or 0 for index in held})
+    return [row for start in starts for row in range(start, start + per_shard)]
+
+
 def check_divisible(shapes: dict[str, tuple[int, ...]], specs: dict[str, PartitionSpec], mesh: Mesh) -> None:
     """Raises a UserError naming the first array whose dimension its mesh axes do not divide."""
     for name, shape in shapes.items():

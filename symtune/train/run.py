@@ -99,39 +99,37 @@ def _bound(name: str) -> bool:
 
 
 def warm_start_params(path: str, abstract_params: Any) -> Any:
-    """Parameters for a fresh run from an HF model directory or an orbax params checkpoint."""
+    """Parameters for a fresh run from an HF model directory or an orbax params checkpoint, read
+    sharded: each process reads only what its devices hold."""
     import jax
-    import numpy as np
 
     from symtune.models import hf
     from symtune.train.checkpoint import restore_params
 
     if not (Path(path) / "config.json").is_file():
         return restore_params(path, abstract_params)
-    _, params = hf.import_hf(path)
-    flat = {jax.tree_util.keystr(p): v for p, v in jax.tree_util.tree_leaves_with_path(params)}
+    params = hf.read_sharded_params(path, abstract_params)
+    missing = set(_paths(abstract_params)) - set(_paths(params))
+    if missing:
+        raise UserError(f"warm start {path}: the checkpoint has no values for {', '.join(sorted(missing)[:3])}")
+    return jax.tree.map(lambda _, value: value, abstract_params, params)
 
-    def place(key_path, target):
-        name = jax.tree_util.keystr(key_path)
-        value = flat.get(name)
-        if value is None or tuple(value.shape) != tuple(target.shape):
-            got = "missing" if value is None else f"shape {tuple(value.shape)}"
-            raise UserError(f"warm start {path}: parameter {name} is {got}, the model wants "
-                            f"{tuple(target.shape)}")
-        return jax.device_put(np.asarray(value, dtype=target.dtype), target.sharding)
 
-    return jax.tree_util.tree_map_with_path(place, abstract_params)
+def _paths(tree: Any) -> list[str]:
+    import jax
+
+    return [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(tree)]
 
 
 def initial_state(run: RunConfig, trainer, checkpointer, seed: int, *, verbose: bool) -> tuple[dict, int]:
     """(train state, first step): the newest checkpoint's, else a fresh (or warm-started) state at 0."""
     latest = checkpointer.latest_step()
     if latest is None:
-        state = trainer.init_state()
-        if run.warm_start:
-            state["params"] = warm_start_params(run.warm_start, trainer.abstract_state["params"])
-            if verbose:
-                print(f"warm start from {run.warm_start}")
+        if not run.warm_start:
+            return trainer.init_state(), 0
+        state = trainer.init_state(warm_start_params(run.warm_start, trainer.abstract_state["params"]))
+        if verbose:
+            print(f"warm start from {run.warm_start}")
         return state, 0
     state, data_state = checkpointer.restore(latest, trainer.abstract_state)
     if data_state.get("seed", seed) != seed:
@@ -151,25 +149,26 @@ def train(run: RunConfig, hooks: Sequence[Callable] = ()) -> dict:
     from symtune.data.pipeline import TrainData
     from symtune.data.vocab import get_vocabulary
     from symtune.eval.hook import periodic_eval_hook
-    from symtune.models import presets
+    from symtune.models import hf, presets
     from symtune.models.decoder import Decoder
     from symtune.train import distributed
     from symtune.train.checkpoint import CheckpointConfig, Checkpointer
     from symtune.train.lm_objective import lm_loss
     from symtune.train.loop import train_loop
-    from symtune.train.mesh import MeshConfig, describe_mesh, logical_rules, make_mesh
+    from symtune.train.mesh import MeshConfig, describe_mesh, logical_rules, make_mesh, process_batch_rows
     from symtune.train.optim import OptimizerConfig
     from symtune.train.rundir import ModelSpec, run_path, write_model_spec
     from symtune.train.trainer import Trainer, TrainerConfig
 
     distributed.initialize()
     run_dir = run_path(run.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
     data = TrainData()
     vocab_spec = data.vocabulary if isinstance(data.vocabulary, str) else "default"
     vocabulary = get_vocabulary(data.vocabulary)
     model_config = resolve_model_config(vocabulary.vocab_size, run.warm_start)
     check_positions(data.seq_len, model_config)
+    if run.warm_start and (Path(run.warm_start) / "config.json").is_file():
+        hf.check_checkpoint(run.warm_start)  # before anything is written to the run directory
     mesh_config = MeshConfig()
     mesh = make_mesh(mesh_config)
     trainer = Trainer(
@@ -181,10 +180,11 @@ def train(run: RunConfig, hooks: Sequence[Callable] = ()) -> dict:
         optimizer=OptimizerConfig(),
         flops_per_token=presets.flops_per_token(model_config, data.seq_len),
     )
-    batches = data.batches(start_step=0)
+    batches = data.batches(start_step=0, rows=process_batch_rows(mesh, data.batch_size))
     trainer.compile_step(trainer.global_batch(batches.batch(0)))
     memory = trainer.memory_per_device()
     is_chief = jax.process_index() == 0
+    run_dir.mkdir(parents=True, exist_ok=True)
     summary: dict[str, Any] = {
         "parameters": trainer.param_count,
         "mesh": dict(mesh.shape),

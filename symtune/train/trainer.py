@@ -154,20 +154,32 @@ class Trainer:
     # ---- state -----------------------------------------------------------------------------
 
     def _init_state(self) -> TrainState:
-        model = self._build_model(nnx.Rngs(self.config.seed))
-        _, params, other = nnx.split(model, nnx.Param, ...)
-        params = nnx.to_pure_dict(params)
+        _, params, other = nnx.split(self._build_model(nnx.Rngs(self.config.seed)), nnx.Param, ...)
+        return self._state(nnx.to_pure_dict(params), other)
+
+    def init_state(self, params: Any = None) -> TrainState:
+        """A freshly initialised, sharded train state; with `params` (sharded like
+        `abstract_state["params"]`, e.g. a warm start) those, and no random parameters are made."""
+        with self.context():
+            if params is None:
+                return self._init()
+            # The model is built for its non-parameter state only: its random parameters are
+            # dead code under jit and never computed.
+            from_params = jax.jit(self._state_from_params, in_shardings=(self.state_shardings["params"],),
+                                  out_shardings=self.state_shardings, donate_argnums=0)
+            return from_params(params)
+
+    def _state_from_params(self, params: Any) -> TrainState:
+        _, _, other = nnx.split(self._build_model(nnx.Rngs(self.config.seed)), nnx.Param, ...)
+        return self._state(params, other)
+
+    def _state(self, params: Any, other: Any) -> TrainState:
         return {
             "step": jnp.zeros((), jnp.int32),
             "params": params,
             "opt_state": shard_like_params(self.tx.init(params), params, self.param_specs),
             "other": other,
         }
-
-    def init_state(self) -> TrainState:
-        """A freshly initialised, sharded train state."""
-        with self.context():
-            return self._init()
 
     def model(self, state: TrainState) -> nnx.Module:
         """The model with the state's parameters (for evaluation and export)."""
