@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import collections.abc
 import contextlib
 import logging
+import types
+import typing
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import gin
 
@@ -51,6 +54,63 @@ def parse_gin(files: Sequence[str], bindings: Sequence[str]) -> None:
     except (ValueError, KeyError, SyntaxError, IOError) as e:
         message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UserError(f"bad gin config: {message}") from None
+    check_binding_types()
+
+
+def check_binding_types() -> None:
+    """A UserError naming the first gin binding whose value is not of its field's annotated type
+    (`TrainData.batch_size='eight'`: expected int, got str), before anything runs with it.
+
+    Checks what annotations can say (int, float, bool, str, None, tuples, lists, mappings and
+    unions of them); references to other configurables, macros and other types pass through.
+    """
+    for (scope, selector), bindings in gin.config._CONFIG.items():  # gin has no public iterator
+        configurable = gin.config._REGISTRY.get_match(selector)
+        if configurable is None:
+            continue
+        try:
+            hints = typing.get_type_hints(configurable.wrapped)
+        except Exception:  # an annotation this process cannot resolve: nothing to check against
+            continue
+        for name, value in bindings.items():
+            expected = hints.get(name)
+            if expected is not None and not _conforms(value, expected):
+                where = f"{scope}/" if scope else ""
+                raise UserError(f"gin binding {where}{configurable.name}.{name}={value!r}: expected "
+                                f"{_describe(expected)}, got {type(value).__name__}")
+
+
+def _conforms(value: Any, expected: Any) -> bool:
+    """Whether a gin value fits an annotation; True where the annotation says nothing checkable."""
+    if isinstance(value, gin.config.ConfigurableReference):  # @name and %MACRO: resolved later
+        return True
+    origin, args = typing.get_origin(expected), typing.get_args(expected)
+    if origin in (typing.Union, types.UnionType):
+        return any(_conforms(value, arg) for arg in args)
+    if expected is type(None):
+        return value is None
+    if expected is bool:
+        return isinstance(value, bool)
+    if expected is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if expected is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if expected is str:
+        return isinstance(value, str)
+    if origin in (tuple, list, collections.abc.Sequence):
+        if not isinstance(value, (tuple, list)):
+            return False
+        element = args[0] if args and (origin is not tuple or (len(args) == 2 and args[1] is Ellipsis)) else None
+        return element is None or all(_conforms(v, element) for v in value)
+    if origin in (dict, collections.abc.Mapping):
+        return isinstance(value, dict)
+    return True
+
+
+def _describe(expected: Any) -> str:
+    if typing.get_origin(expected) in (typing.Union, types.UnionType):
+        return " or ".join(_describe(arg) for arg in typing.get_args(expected))
+    return "None" if expected is type(None) else getattr(expected, "__name__", str(expected))
 
 
 def print_config() -> None:

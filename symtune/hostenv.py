@@ -1,10 +1,13 @@
 """Process settings that must be in place before JAX initialises its backends."""
 
+import atexit
 import ctypes
 import ctypes.util
 import glob
 import os
+import re
 import sys
+import threading
 from dataclasses import dataclass
 
 import gin
@@ -49,6 +52,68 @@ def simulate_cpu_devices(count: int) -> None:
     flags = [f for f in os.environ.get("XLA_FLAGS", "").split() if "device_count" not in f]
     flags.append(f"--xla_force_host_platform_device_count={count}")
     os.environ["XLA_FLAGS"] = " ".join(flags)
+
+
+ENV_VERBOSE = "SYMTUNE_VERBOSE"
+# A native library's log line (absl/glog format): severity, MMDD, time (before absl is initialised,
+# "00:00:<epoch seconds>"), thread id, file:line].
+_NATIVE_LOG = re.compile(rb"[IW]\d{4} \d\d:\d\d:\d+\.\d+ +\d+ [\w.+-]+:\d+\] ")
+_ABSL_PREINIT = b"WARNING: All log messages before absl::InitializeLog() is called are written to STDERR"
+
+
+def hide_native_log_lines() -> bool:
+    """Keeps the INFO and WARNING lines that TensorFlow, XLA and their plugins write to stderr
+    (oneDNN notices, "Could not find cuda drivers", absl's pre-init warning) off the console;
+    their errors (E/F lines), Python's output and anything else pass through as they come.
+
+    The native code writes to file descriptor 2 itself, so fd 2 becomes a pipe that a thread reads
+    and forwards line by line; at exit the rest is drained. `SYMTUNE_VERBOSE=1` leaves stderr
+    alone. For processes the CLI owns (not a library caller's). True if applied.
+    """
+    if os.environ.get(ENV_VERBOSE, "") not in ("", "0"):
+        return False
+    sys.stderr.flush()
+    console = os.dup(2)
+    read_end, write_end = os.pipe()
+    os.dup2(write_end, 2)
+    os.close(write_end)
+    forwarder = threading.Thread(target=_forward_lines, args=(read_end, console), daemon=True,
+                                 name="native-log-filter")
+    forwarder.start()
+
+    def restore() -> None:
+        sys.stderr.flush()
+        os.dup2(console, 2)  # closes the pipe's last write end: the forwarder drains it and stops
+        forwarder.join(timeout=5)
+
+    atexit.register(restore)
+    return True
+
+
+def _forward_lines(read_end: int, console: int) -> None:
+    pending = b""
+    while chunk := os.read(read_end, 65536):
+        *lines, pending = (pending + chunk).split(b"\n")
+        kept = [line + b"\n" for line in lines if not _is_native_chatter(line)]
+        # A fragment that cannot become a native log line (a progress bar, a prompt) goes out now.
+        if pending and not _may_be_native_chatter(pending):
+            kept.append(pending)
+            pending = b""
+        if kept:
+            os.write(console, b"".join(kept))
+    if pending and not _is_native_chatter(pending):
+        os.write(console, pending)
+    os.close(read_end)
+
+
+def _is_native_chatter(line: bytes) -> bool:
+    return line.startswith(_ABSL_PREINIT) or bool(_NATIVE_LOG.match(line))
+
+
+def _may_be_native_chatter(fragment: bytes) -> bool:
+    """Whether the start of a line could still turn out to be native chatter."""
+    head = fragment[:len(_ABSL_PREINIT)]
+    return _ABSL_PREINIT.startswith(head) or bool(re.match(rb"[IW](\d|$)", fragment))
 
 
 def quiet_tensorflow() -> None:

@@ -99,3 +99,80 @@ def test_every_command_simulates_host_config_cpu_devices_and_the_launcher_env_wi
                           timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert f"devices {expected}" in proc.stdout
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["symtune.cli", "--help"], []),
+    (["tart.cli", "eval", "--help"], []),
+    (["symtune.cli", "train", "--gin_file=runs/tiny_cpu", "--gin.nonexistent_thing.x=1"],
+     ["symtune: error: bad gin config: No configurable matching 'nonexistent_thing'."]),
+])
+def test_commands_start_quietly_printing_only_their_own_lines(argv, expected):
+    proc = run(*argv)
+    assert proc.stderr.splitlines() == expected
+    assert proc.returncode == (2 if expected else 0) and (expected or proc.stdout.strip())  # help on stdout
+
+
+def test_symtune_verbose_shows_the_native_libraries_start_up_lines():
+    proc = subprocess.run([sys.executable, "-m", "symtune.cli", "train", "--gin_file=runs/tiny_cpu",
+                           "--gin.nonexistent_thing.x=1"], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "SYMTUNE_VERBOSE": "1"})
+    lines = proc.stderr.splitlines()
+    assert proc.returncode == 2 and lines[-1].startswith("symtune: error: bad gin config")
+    assert any(line.startswith("I0000 ") for line in lines), proc.stderr  # TensorFlow's start-up notices
+
+
+def test_the_filter_drops_native_info_and_warnings_and_passes_everything_else(tmp_path):
+    import threading
+
+    from symtune.hostenv import _forward_lines
+
+    read_end, write_end = os.pipe()
+    out = open(tmp_path / "console", "wb")
+    forwarder = threading.Thread(target=_forward_lines, args=(read_end, out.fileno()))
+    forwarder.start()
+    for chunk in [b"WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\n",
+                  b"I0000 00:00:1796249343.048882    5077 cudart_stub.cc:31] Could not find cuda drivers\n",
+                  b"W1202 21:05:15.715953    3387 hlo_rematerialization.cc:3231] Can't reduce",
+                  b" memory use\nE0000 00:00:1796245219.110685    2393 common_lib.cc:554] INVALID_ARGUMENT\n",
+                  b"Traceback (most recent call last):\n", b"step 10/100\r"]:
+        os.write(write_end, chunk)
+    os.close(write_end)
+    forwarder.join(timeout=10)
+    out.close()
+    assert (tmp_path / "console").read_bytes() == (
+        b"E0000 00:00:1796245219.110685    2393 common_lib.cc:554] INVALID_ARGUMENT\n"
+        b"Traceback (most recent call last):\nstep 10/100\r")
+
+
+@pytest.mark.parametrize("binding, message", [
+    ("TrainData.batch_size='eight'", "gin binding TrainData.batch_size='eight': expected int, got str"),
+    ("TrainData.batch_size=8.5", "gin binding TrainData.batch_size=8.5: expected int, got float"),
+    ("OptimizerConfig.learning_rate='fast'", "OptimizerConfig.learning_rate='fast': expected float, got str"),
+    ("MeshConfig.rules=3", "gin binding MeshConfig.rules=3: expected str, got int"),
+    ("TrainData.pack=1", "gin binding TrainData.pack=1: expected bool, got int"),
+    ("HostConfig.cpu_devices='8'", "HostConfig.cpu_devices='8': expected int or None, got str"),
+])
+def test_a_gin_value_of_the_wrong_type_is_one_line_naming_the_binding(binding, message, capsys):
+    import gin
+
+    try:
+        code = cli.main(["train", "--gin_file=runs/tiny_cpu", f"--gin.{binding}"])
+    finally:
+        gin.clear_config()
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.splitlines()) == 1 and err.startswith("symtune: error: ")
+    assert message in err
+
+
+def test_gin_values_of_the_annotated_types_pass_including_ints_for_floats_and_references():
+    import gin
+
+    from symtune.config import parse_gin
+
+    try:
+        parse_gin(["runs/tiny_cpu"], ["OptimizerConfig.learning_rate=1", "HostConfig.cpu_devices=None",
+                                      "TrainData.batch_size=%BATCH", "BATCH=8"])
+        assert gin.query_parameter("OptimizerConfig.learning_rate") == 1
+    finally:
+        gin.clear_config()
