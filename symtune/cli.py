@@ -95,7 +95,12 @@ def run_cli(prog: str, description: str, commands: Sequence[Command], argv: Sequ
         elif bindings:
             raise UserError(f"`{prog} {command.name}` takes no gin configuration")
         apply_host_config(HostConfig())
-        return int(module.run(args) or 0)
+        code = int(module.run(args) or 0)
+        if code == 0:
+            from symtune.train.distributed import finished
+
+            finished()
+        return code
     except UserError as e:
         # First line only: gin appends "In call to configurable ..." to errors raised in configurables.
         print(f"{prog}: error: {str(e).strip().splitlines()[0] if str(e).strip() else e}", file=sys.stderr)
@@ -103,6 +108,13 @@ def run_cli(prog: str, description: str, commands: Sequence[Command], argv: Sequ
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
+    except Exception:
+        # In a multi-process run a lost process surfaces here as a collective's error: let the
+        # watcher name it (and exit) rather than print that error's traceback.
+        from symtune.train.distributed import await_lost_process
+
+        await_lost_process()
+        raise
 
 
 def main(argv: Sequence[str] | None = None) -> int:

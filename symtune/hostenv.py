@@ -86,8 +86,20 @@ def hide_native_log_lines() -> bool:
         os.dup2(console, 2)  # closes the pipe's last write end: the forwarder drains it and stops
         forwarder.join(timeout=5)
 
+    global _restore_stderr
+    _restore_stderr = restore
     atexit.register(restore)
     return True
+
+
+_restore_stderr = None
+
+
+def restore_stderr() -> None:
+    """Puts the console back on fd 2 after forwarding what the filter holds: for exits that skip
+    atexit (os._exit)."""
+    if _restore_stderr is not None:
+        _restore_stderr()
 
 
 def _forward_lines(read_end: int, console: int) -> None:

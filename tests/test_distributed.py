@@ -228,3 +228,51 @@ def test_a_batch_the_mesh_batch_axes_do_not_divide_names_the_numbers_and_the_fix
         process_batch_rows(make_mesh(MeshConfig(data=8)), 7)
     assert process_batch_rows(make_mesh(MeshConfig(data=8)), 16) == list(range(16))
     assert process_batch_rows(make_mesh(MeshConfig(data=1, tensor=8)), 4) == [0, 1, 2, 3]
+
+
+@pytest.mark.slow
+@pytest.mark.multiprocess
+def test_a_killed_process_ends_the_others_with_one_line_and_the_relaunch_ends_bit_identical(tmp_path, data_dir,
+                                                                                           monkeypatch):
+    import threading
+    import time
+
+    from symtune.train.distributed import EXIT_LOST_PROCESS
+    from symtune.train.local_launch import launch
+    from test_train_run import SMALL, cli, trained_params
+
+    args = [f"--gin.{b}" for b in SMALL] + ["--gin.TrainerConfig.steps=30", "--gin.CheckpointConfig.save_every_steps=10",
+                                            "--gin.initialize.heartbeat_timeout_s=10"]
+    monkeypatch.setenv("SYMTUNE_DATA_DIR", str(data_dir))
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    assert launch(cli(*args, f"--run_dir={tmp_path / 'whole'}"), processes=2, devices=4) == 0
+
+    port, run_dir, output = free_port(), tmp_path / "killed", []
+    procs = [subprocess.Popen(cli(*args, f"--run_dir={run_dir}"), text=True, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, env={**env, "SYMTUNE_COORDINATOR": f"127.0.0.1:{port}",
+                                                           "SYMTUNE_NUM_PROCESSES": "2", "SYMTUNE_PROCESS_ID": str(i),
+                                                           "SYMTUNE_CPU_DEVICES": "4"})
+             for i in range(2)]
+    reader = threading.Thread(target=lambda: output.extend(procs[0].stdout), daemon=True)
+    reader.start()
+    try:
+        while not any(line.startswith("step 15") for line in output):  # past the checkpoint at step 10
+            assert procs[0].poll() is None, "process 0 ended before step 15"
+            time.sleep(0.2)
+        procs[1].kill()
+        killed_at = time.monotonic()
+        code = procs[0].wait(timeout=120)
+        waited = time.monotonic() - killed_at
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+    err = procs[0].stderr.read()
+    assert code == EXIT_LOST_PROCESS and waited < 60, (code, waited, err[-3000:])
+    assert "symtune: error: lost process 1 of 2: no sign of life for 10 s" in err
+    assert "Traceback" not in err and "Check failure" not in err
+
+    assert launch(cli(*args, f"--run_dir={run_dir}"), processes=2, devices=4) == 0  # resumes
+    expected = trained_params(tmp_path / "whole")
+    for name, value in trained_params(run_dir).items():
+        np.testing.assert_array_equal(value, expected[name], err_msg=name)

@@ -7,12 +7,19 @@ iterator's position. A step counts only once orbax has committed it (its commit_
 exists): temporary directories of interrupted saves are removed, and committed-looking step
 directories without the marker (a torn copy) are renamed `<step>.incomplete` and ignored.
 
+Each step also holds `fingerprints`: a few uint32 per array, computed on device over the array's
+bits when it is saved, and a digest of the data state. Restore recomputes them on device over what
+it read and compares, so a step whose files were damaged after the commit (bit rot, a half-copied
+bucket object) is caught without reading the data twice. A step whose files do not decode or whose
+fingerprints differ is renamed `<step>.corrupt` (never deleted) and the previous step is used.
+
 Multi-process: every process constructs the Checkpointer and calls save / restore / wait / close
 at the same steps, with its own shards; orbax coordinates the writes and the commit.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import signal
@@ -22,6 +29,7 @@ from typing import Any, Mapping
 import gin
 import jax
 import jax.numpy as jnp
+import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 from jax.experimental import multihost_utils
@@ -34,12 +42,16 @@ PyTree = Any
 CHECKPOINT_DIR = "checkpoints"
 STATE_ITEM = "state"
 DATA_ITEM = "data"
+FINGERPRINT_ITEM = "fingerprints"
 # The train state holds the model weights under this key; warm starts read only that subtree.
 PARAMS_KEY = "params"
 # Orbax writes this file last when it commits a checkpoint (before the atomic rename on local
 # disks, as the commit itself on GCS).
 COMMIT_MARKER = "commit_success.txt"
 INCOMPLETE_SUFFIX = ".incomplete"
+CORRUPT_SUFFIX = ".corrupt"
+# The small JSON files orbax writes into a step; checked to decode before anything is restored.
+_ORBAX_JSON_FILES = ("_CHECKPOINT_METADATA", "_METADATA", "_sharding", "metadata")
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +98,8 @@ class Checkpointer:
         )
         self._manager = ocp.CheckpointManager(self.directory, options=options)
         self._owns_preemption_handler = False
+        self._saving: int | None = None  # the step of the last save started, named if it fails
+        self._save_error_reported = False
 
     def latest_step(self) -> int | None:
         """The newest committed step, or None; saves still in flight do not count."""
@@ -135,47 +149,120 @@ class Checkpointer:
             data_state = json.loads(json.dumps(dict(data_state)))
         except TypeError as e:
             raise TypeError(f"data_state must be JSON-serialisable: {e}") from None
-        return self._manager.save(
-            step,
-            args=ocp.args.Composite(
-                **{STATE_ITEM: ocp.args.StandardSave(train_state), DATA_ITEM: ocp.args.JsonSave(data_state)}
-            ),
-            force=True,
-        )
+        items = {
+            STATE_ITEM: ocp.args.StandardSave(train_state),
+            DATA_ITEM: ocp.args.JsonSave(data_state),
+            FINGERPRINT_ITEM: ocp.args.JsonSave(_fingerprint_record(train_state, data_state)),
+        }
+        try:
+            started = self._manager.save(step, args=ocp.args.Composite(**items), force=True)
+        except jax.errors.JaxRuntimeError:  # a collective or device failure (a lost process), not storage
+            raise
+        except Exception as e:  # noqa: BLE001  an earlier async save may surface here too
+            raise self._save_failed(step, e) from None
+        self._saving = step
+        return started
 
     def restore(self, step: int | None, abstract_state: PyTree) -> tuple[PyTree, dict[str, Any]] | None:
         """Restores (train_state, data_state) at `step` (None: the latest) onto the shardings in
-        `abstract_state`, a pytree of jax.ShapeDtypeStruct; None when step is None and nothing is saved."""
+        `abstract_state`, a pytree of jax.ShapeDtypeStruct; None when step is None and nothing is saved.
+
+        A step that does not decode or whose arrays differ from their save-time fingerprints is
+        set aside as `<step>.corrupt`; with step None the next older step is tried, and when every
+        step was corrupt a UserError lists where they went. With an explicit step, CorruptCheckpoint.
+        """
         self.wait()
-        if step is None:
-            step = self.latest_step()
-            if step is None:
-                return None
-        elif not is_complete_step(self._step_dir(step)):
-            raise UserError(
-                f"no complete checkpoint for step {step} in {self.directory}; "
-                f"complete steps: {self.complete_steps() or 'none'}"
-            )
         _check_abstract(abstract_state)
-        _check_matches_saved(self._step_dir(step) / STATE_ITEM, abstract_state, f"checkpoint step {step}")
-        restored = self._manager.restore(
-            step,
-            args=ocp.args.Composite(
-                **{STATE_ITEM: ocp.args.StandardRestore(abstract_state), DATA_ITEM: ocp.args.JsonRestore()}
-            ),
-        )
-        return restored[STATE_ITEM], dict(restored[DATA_ITEM] or {})
+        if step is not None:
+            if not is_complete_step(self._step_dir(step)):
+                raise UserError(
+                    f"no complete checkpoint for step {step} in {self.directory}; "
+                    f"complete steps: {self.complete_steps() or 'none'}"
+                )
+            return self._restore_or_set_aside(step, abstract_state)
+        moved = []
+        for candidate in reversed(self.complete_steps()):
+            try:
+                return self._restore_or_set_aside(candidate, abstract_state)
+            except CorruptCheckpoint as e:
+                moved.append(str(e.moved_to))
+        if moved:
+            raise UserError(f"all checkpoints in {self.directory} are unreadable; set aside as {', '.join(moved)}")
+        return None
+
+    def _restore_or_set_aside(self, step: int, abstract_state: PyTree) -> tuple[PyTree, dict[str, Any]]:
+        reason = None
+        try:
+            restored = self._read_verified(step, abstract_state)
+        except UserError:
+            raise
+        except Exception as e:  # noqa: BLE001  anything orbax, tensorstore or JSON raise on damaged files
+            reason = _describe(e)
+        if _any_process(reason is not None):
+            reason = reason or "another process could not read it"
+            moved_to = self._set_aside(step, reason)
+            raise CorruptCheckpoint(step, reason, moved_to)
+        return restored
+
+    def _read_verified(self, step: int, abstract_state: PyTree) -> tuple[PyTree, dict[str, Any]]:
+        step_dir = self._step_dir(step)
+        _check_json_files(step_dir)
+        _check_matches_saved(step_dir / STATE_ITEM, abstract_state, f"checkpoint step {step}")
+        fingerprinted = (step_dir / FINGERPRINT_ITEM).is_dir()  # steps saved before fingerprints: unchecked
+        record = None
+        if fingerprinted:
+            record = _read_record(step_dir)
+        target = _as_saved_dtypes(abstract_state, record, "")
+        items = {STATE_ITEM: ocp.args.StandardRestore(target), DATA_ITEM: ocp.args.JsonRestore()}
+        restored = self._manager.restore(step, args=ocp.args.Composite(**items))
+        state, data_state = restored[STATE_ITEM], dict(restored[DATA_ITEM] or {})
+        if record is not None:
+            _verify(state, record, "")
+            if record.get("data") != _data_digest(data_state):
+                raise ValueError("the data state differs from what was saved")
+        return _cast_like(state, abstract_state), data_state
+
+    def _set_aside(self, step: int, reason: str) -> epath.Path:
+        path = self._step_dir(step)
+        target = _free_name(path, CORRUPT_SUFFIX)
+        if jax.process_index() == 0:
+            print(f"checkpoint step {step} is corrupt ({reason}); set aside as {target}")
+            path.rename(target)
+        if jax.process_count() > 1:
+            multihost_utils.sync_global_devices(f"symtune_checkpoint_set_aside_{step}")
+        self._manager.reload()
+        return target
+
+    def _save_failed(self, step: int | None, error: Exception) -> UserError:
+        self._save_error_reported = True
+        previous = self.latest_step()
+        kept = f"the last complete checkpoint (step {previous}) is intact" if previous is not None else "no earlier checkpoint exists"
+        at = f"step {step}" if step is not None else "a checkpoint"
+        return UserError(f"saving {at} to {self.directory} failed: {_describe(error)}; {kept}; free space or fix access and rerun")
 
     def wait(self) -> None:
         """Blocks until pending async saves are committed (and old steps removed)."""
-        self._manager.wait_until_finished()
+        try:
+            self._manager.wait_until_finished()
+        except jax.errors.JaxRuntimeError:
+            raise
+        except Exception as e:  # noqa: BLE001  the error of a background save
+            raise self._save_failed(self._saving, e) from None
 
     def close(self) -> None:
         """Waits for pending saves, releases orbax's threads and any SIGTERM handler it installed."""
-        self._manager.close()
-        if self._owns_preemption_handler:
-            remove_preemption_handler()
-            self._owns_preemption_handler = False
+        try:
+            if not self._save_error_reported:
+                self.wait()
+        finally:
+            try:
+                self._manager.close()
+            except Exception:  # noqa: BLE001
+                if not self._save_error_reported:  # orbax raises a failed save again on close
+                    raise
+            if self._owns_preemption_handler:
+                remove_preemption_handler()
+                self._owns_preemption_handler = False
 
     def __enter__(self) -> Checkpointer:
         return self
@@ -187,18 +274,171 @@ class Checkpointer:
         return self.directory / str(step)
 
 
+class CorruptCheckpoint(UserError):
+    """A checkpoint step that does not decode or does not match its fingerprints; it was set aside."""
+
+    def __init__(self, step: int | str, reason: str, moved_to: epath.Path | None):
+        where = f"; set aside as {moved_to}" if moved_to is not None else ""
+        super().__init__(f"checkpoint {step} is corrupt: {reason}{where}")
+        self.step, self.reason, self.moved_to = step, reason, moved_to
+
+
 def is_complete_step(step_dir: epath.Path) -> bool:
     return (step_dir / COMMIT_MARKER).exists()
+
+
+def _free_name(path: epath.Path, suffix: str) -> epath.Path:
+    target, n = path.parent / f"{path.name}{suffix}", 1
+    while target.exists():  # set aside twice at the same step: keep both
+        target, n = path.parent / f"{path.name}{suffix}{n}", n + 1
+    return target
+
+
+def _describe(error: BaseException) -> str:
+    text = " ".join(str(error).split()) or type(error).__name__
+    return f"{type(error).__name__}: {text[:200]}"
+
+
+def _any_process(flag: bool) -> bool:
+    if jax.process_count() == 1:
+        return flag
+    return bool(np.any(multihost_utils.process_allgather(np.int32(flag))))
+
+
+def _check_json_files(step_dir: epath.Path) -> None:
+    """Orbax tolerates some of its metadata files failing to decode (it logs and goes on); we do not."""
+    items = [p for p in step_dir.iterdir() if p.is_dir()]
+    files = [step_dir / name for name in _ORBAX_JSON_FILES] + [item / name for item in items for name in _ORBAX_JSON_FILES]
+    files += [p for item in items if (item / "array_metadatas").is_dir() for p in (item / "array_metadatas").iterdir()]
+    for path in files:
+        if path.is_file():
+            try:
+                json.loads(path.read_bytes())
+            except ValueError as e:
+                raise ValueError(f"{path.relative_to(step_dir)} does not decode ({e})") from None
+
+
+# --- fingerprints: a few uint32 per array, computed where the array lives --------------------
+
+
+def _leaf_name(path) -> str:
+    """A leaf's path string, the same for a namedtuple and for its saved dict form."""
+
+    def name(key) -> str:
+        for attr in ("key", "name", "idx"):
+            if hasattr(key, attr):
+                return str(getattr(key, attr))
+        return str(key)
+
+    return "/".join(name(k) for k in path)
+
+
+def _as_words(x: jax.Array) -> jax.Array:
+    """The array's bits as a flat uint32 vector (narrower types widened, wider split)."""
+    x = jnp.asarray(x)
+    if x.dtype == jnp.bool_:
+        return x.astype(jnp.uint32).reshape(-1)
+    size = x.dtype.itemsize
+    if size >= 4:
+        return jax.lax.bitcast_convert_type(x, jnp.uint32).reshape(-1)
+    narrow = {1: jnp.uint8, 2: jnp.uint16}[size]
+    return jax.lax.bitcast_convert_type(x, narrow).astype(jnp.uint32).reshape(-1)
+
+
+def _mix(h: jax.Array) -> jax.Array:
+    # murmur3's finaliser: every input bit affects every output bit, so errors cannot cancel in a sum
+    h = h ^ (h >> 16)
+    h = h * jnp.uint32(0x85EBCA6B)
+    h = h ^ (h >> 13)
+    h = h * jnp.uint32(0xC2B2AE35)
+    return h ^ (h >> 16)
+
+
+def _fingerprint(x: jax.Array) -> jax.Array:
+    w = _as_words(x)
+    i = jnp.arange(w.shape[0], dtype=jnp.uint32)
+    return jnp.stack([
+        jnp.sum(w, dtype=jnp.uint32),
+        jnp.sum(w * (i * jnp.uint32(2) + jnp.uint32(1)), dtype=jnp.uint32),  # position-weighted
+        jnp.sum(_mix(w ^ _mix(i + jnp.uint32(0x9E3779B9))), dtype=jnp.uint32),
+    ])
+
+
+def _replicated(tree: PyTree):
+    for leaf in jax.tree.leaves(tree):
+        sharding = getattr(leaf, "sharding", None)
+        if isinstance(sharding, jax.sharding.NamedSharding):
+            return jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec())
+    return None
+
+
+def fingerprints(tree: PyTree) -> dict[str, list[int]]:
+    """{leaf path: [3 x uint32]} of the global arrays, computed by one jit where they live; every
+    process gets the same values (the result is replicated)."""
+    named = jax.tree_util.tree_leaves_with_path(tree)
+    if not named:
+        return {}
+    leaves = [leaf for _, leaf in named]
+    # One array out, replicated, so each process can read it whatever the arrays' shardings.
+    stacked = jax.jit(lambda xs: jnp.stack([_fingerprint(x) for x in xs]), out_shardings=_replicated(leaves))(leaves)
+    values = np.asarray(stacked).tolist()
+    return {_leaf_name(path): value for (path, _), value in zip(named, values)}
+
+
+def _read_record(step_dir: epath.Path) -> dict[str, Any]:
+    # JsonSave writes the item as ITEM/metadata
+    return json.loads((step_dir / FINGERPRINT_ITEM / "metadata").read_bytes())
+
+
+def _data_digest(data_state: Mapping[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(data_state, sort_keys=True).encode()).hexdigest()
+
+
+def _fingerprint_record(train_state: PyTree, data_state: Mapping[str, Any]) -> dict[str, Any]:
+    prints = fingerprints(train_state)
+    arrays = {
+        _leaf_name(path): {"dtype": str(jnp.asarray(leaf).dtype), "shape": list(np.shape(leaf)), "fingerprint": prints[_leaf_name(path)]}
+        for path, leaf in jax.tree_util.tree_leaves_with_path(train_state)
+    }
+    return {"version": 1, "arrays": arrays, "data": _data_digest(data_state)}
+
+
+def _as_saved_dtypes(abstract: PyTree, record: Mapping[str, Any] | None, prefix: str) -> PyTree:
+    """The restore target with each leaf in its saved dtype, so fingerprints compare bit for bit."""
+    if record is None:
+        return abstract
+    arrays = record["arrays"]
+
+    def saved(path, leaf):
+        entry = arrays.get(prefix + _leaf_name(path))
+        if entry is None or np.dtype(entry["dtype"]) == np.dtype(leaf.dtype):
+            return leaf
+        return jax.ShapeDtypeStruct(leaf.shape, np.dtype(entry["dtype"]), sharding=leaf.sharding)
+
+    return jax.tree_util.tree_map_with_path(saved, abstract)
+
+
+def _cast_like(tree: PyTree, abstract: PyTree) -> PyTree:
+    return jax.tree.map(lambda x, a: x if x.dtype == a.dtype else x.astype(a.dtype), tree, abstract)
+
+
+def _verify(tree: PyTree, record: Mapping[str, Any], prefix: str) -> None:
+    """ValueError naming the first array whose restored bits differ from its save-time fingerprint."""
+    arrays = record["arrays"]
+    got = fingerprints(tree)
+    for name, value in got.items():
+        entry = arrays.get(prefix + name)
+        if entry is None:
+            raise ValueError(f"array {prefix + name} has no saved fingerprint")
+        if value != entry["fingerprint"]:
+            raise ValueError(f"array {prefix + name} differs from what was saved (fingerprint mismatch)")
 
 
 def _set_aside_torn_steps(directory: epath.Path) -> None:
     """Renames step directories that orbax would take as committed but that lack the commit marker."""
     for path in directory.iterdir():
         if path.name.isdigit() and path.is_dir() and not is_complete_step(path):
-            target = path.parent / f"{path.name}{INCOMPLETE_SUFFIX}"
-            n = 1
-            while target.exists():  # torn twice at the same step: keep both
-                target, n = path.parent / f"{path.name}{INCOMPLETE_SUFFIX}{n}", n + 1
+            target = _free_name(path, INCOMPLETE_SUFFIX)
             log.warning("checkpoint %s is incomplete (no %s); ignoring it, moved to %s", path, COMMIT_MARKER, target)
             path.rename(target)
 
@@ -215,17 +455,7 @@ def _check_abstract(abstract: PyTree) -> None:
 
 def _leaf_shapes(tree: PyTree) -> dict[str, tuple[int, ...]]:
     """Shapes by a path string that is the same for a namedtuple and for its saved dict form."""
-
-    def name(key) -> str:
-        for attr in ("key", "name", "idx"):
-            if hasattr(key, attr):
-                return str(getattr(key, attr))
-        return str(key)
-
-    return {
-        "/".join(name(k) for k in path): tuple(getattr(leaf, "shape", ()))
-        for path, leaf in jax.tree_util.tree_leaves_with_path(tree)
-    }
+    return {_leaf_name(path): tuple(getattr(leaf, "shape", ())) for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
 
 
 def _saved_tree(item_dir: epath.Path) -> PyTree:
@@ -333,6 +563,16 @@ def restore_params(path: str | epath.PathLike, abstract_params: PyTree) -> PyTre
         raise UserError(f"{path} is a run directory; pass one of its steps, e.g. {path / CHECKPOINT_DIR / '<step>'}")
     if not is_complete_step(path):
         raise UserError(f"{path} is not a complete checkpoint (no {COMMIT_MARKER}); pass a finished export or step")
+    try:
+        return _read_params(path, abstract_params)
+    except UserError:
+        raise
+    except Exception as e:  # noqa: BLE001  anything orbax, tensorstore or JSON raise on damaged files
+        raise CorruptCheckpoint(path, _describe(e), None) from None
+
+
+def _read_params(path: epath.Path, abstract_params: PyTree) -> PyTree:
+    _check_json_files(path)
     if not (path / STATE_ITEM).is_dir():
         _check_matches_saved(path, abstract_params, f"params checkpoint {path}")
         with ocp.Checkpointer(ocp.StandardCheckpointHandler()) as checkpointer:
@@ -342,7 +582,11 @@ def restore_params(path: str | epath.PathLike, abstract_params: PyTree) -> PyTre
     if PARAMS_KEY not in saved:
         raise UserError(f"the train state in {path} has no {PARAMS_KEY!r}; pass an export_params directory")
     _compare_shapes(_leaf_shapes(saved[PARAMS_KEY]), _leaf_shapes(abstract_params), f"params of {path}")
-    wanted = {PARAMS_KEY: abstract_params}
+    record = None
+    if (path / FINGERPRINT_ITEM).is_dir():  # steps saved before fingerprints: unchecked
+        record = _read_record(path)
+    prefix = f"{PARAMS_KEY}/"
+    wanted = {PARAMS_KEY: _as_saved_dtypes(abstract_params, record, prefix)}
     with ocp.Checkpointer(ocp.PyTreeCheckpointHandler()) as checkpointer:
         restored = checkpointer.restore(
             path / STATE_ITEM,
@@ -350,4 +594,7 @@ def restore_params(path: str | epath.PathLike, abstract_params: PyTree) -> PyTre
                 item=wanted, restore_args=ocp.checkpoint_utils.construct_restore_args(wanted), partial_restore=True
             ),
         )
-    return restored[PARAMS_KEY]
+    params = restored[PARAMS_KEY]
+    if record is not None:
+        _verify(params, record, prefix)
+    return _cast_like(params, abstract_params)

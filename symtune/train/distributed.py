@@ -22,6 +22,9 @@ import logging
 import os
 import re
 import socket
+import sys
+import threading
+import time
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
@@ -29,6 +32,7 @@ import gin
 import jax
 
 from symtune.errors import UserError
+from symtune.hostenv import restore_stderr
 
 MODES = ("auto", "none", "tpu", "slurm", "explicit")
 ENV_COORDINATOR = "SYMTUNE_COORDINATOR"
@@ -207,8 +211,14 @@ def initialize(
     process_id: int | None = None,
     local_device_ids: Sequence[int] | None = None,
     initialization_timeout_s: int = 300,
+    heartbeat_timeout_s: int = 120,
 ) -> Launch:
-    """Starts multi-process JAX as `mode` says (a no-op for one process); safe to call twice."""
+    """Starts multi-process JAX as `mode` says (a no-op for one process); safe to call twice.
+
+    A process that shows no sign of life for `heartbeat_timeout_s` (killed, its host lost) makes
+    every other process exit with one line naming it (`watch_processes`), instead of waiting in a
+    collective for it; JAX's own, later check (which aborts with a stack trace) is the backstop.
+    """
     launch = resolve_launch(mode, coordinator_address, num_processes, process_id, local_device_ids)
     if jax.distributed.is_initialized():
         _check_same_job(launch)
@@ -228,12 +238,88 @@ def initialize(
             process_id=launch.process_id,
             local_device_ids=list(launch.local_device_ids) if launch.local_device_ids is not None else None,
             initialization_timeout=initialization_timeout_s,
+            heartbeat_timeout_seconds=2 * heartbeat_timeout_s + 30,
         )
     except RuntimeError as e:
         if "must be called before" in str(e):
             raise UserError("call symtune.train.distributed.initialize() before any JAX computation") from None
         raise
+    watch_processes(heartbeat_timeout_s)
     return launch
+
+
+EXIT_LOST_PROCESS = 75  # EX_TEMPFAIL: run the launch again and it resumes from the last checkpoint
+_ALIVE = "symtune/alive/"
+_DONE = "done"
+_watching = threading.Event()
+_watch_timeout_s = 0.0
+
+
+def await_lost_process() -> None:
+    """After a failure in a multi-process run, gives the watcher the time to tell whether another
+    process was lost (it then ends this one with its line); returns if none was."""
+    if _watching.is_set():
+        time.sleep(_watch_timeout_s * 1.25 + 1)
+
+
+def finished() -> None:
+    """Tells the other processes' watchers that this one ended its command normally (so its
+    silence from now on is not a loss); a no-op without `watch_processes`."""
+    if not _watching.is_set():
+        return
+    from jax._src import distributed as jax_distributed
+
+    _watching.clear()
+    jax_distributed.global_state.client.key_value_set(f"{_ALIVE}{jax.process_index()}", _DONE,
+                                                      allow_overwrite=True)
+
+
+def watch_processes(timeout_s: float) -> threading.Thread:
+    """Starts a thread that keeps this process's heartbeat in JAX's key-value store and watches
+    the others'; when one's has not moved for `timeout_s` (or the coordinator, process 0, cannot be
+    reached for as long) it prints one line naming it and ends this process with
+    EXIT_LOST_PROCESS. Heartbeats are counters, compared by this host's clock, never across hosts."""
+    from jax._src import distributed as jax_distributed  # the client JAX joined with; no public handle
+
+    client, me, count = jax_distributed.global_state.client, jax.process_index(), jax.process_count()
+    interval = max(timeout_s / 8, 0.2)
+
+    def lost(what: str) -> None:
+        print(f"symtune: error: lost {what}: no sign of life for {timeout_s:g} s (killed, or its host "
+              f"down); run the launch again to resume from the last checkpoint", file=sys.stderr, flush=True)
+        restore_stderr()
+        os._exit(EXIT_LOST_PROCESS)
+
+    def watch() -> None:
+        beats, last_seen, unreachable_since = 0, {}, None
+        while _watching.is_set():
+            now = time.monotonic()
+            try:
+                client.key_value_set(f"{_ALIVE}{me}", str(beats), allow_overwrite=True)
+                seen = dict(client.key_value_dir_get(_ALIVE))
+                unreachable_since = None
+            except Exception:  # the coordinator's store is gone with process 0
+                unreachable_since = unreachable_since or now
+                if me != 0 and now - unreachable_since > timeout_s:
+                    lost(f"the coordinator, process 0 of {count}")
+                seen = {}
+            for other in range(count):
+                value = seen.get(f"{_ALIVE}{other}")
+                if other == me or value is None and other not in last_seen or value == _DONE:
+                    continue
+                if value is not None and last_seen.get(other, (None,))[0] != value:
+                    last_seen[other] = (value, now)
+                elif now - last_seen[other][1] > timeout_s:
+                    lost(f"process {other} of {count}")
+            beats += 1
+            time.sleep(interval)
+
+    global _watch_timeout_s
+    _watching.set()
+    _watch_timeout_s = timeout_s
+    thread = threading.Thread(target=watch, daemon=True, name="process-watch")
+    thread.start()
+    return thread
 
 
 def _check_same_job(launch: Launch) -> None:

@@ -24,6 +24,7 @@ import symtune.data.pipeline  # noqa: F401  TrainData
 import symtune.eval.hook  # noqa: F401  PeriodicEvalConfig
 import symtune.models.presets  # noqa: F401  model_config
 import symtune.train.checkpoint  # noqa: F401  CheckpointConfig
+import symtune.train.distributed  # noqa: F401  initialize (heartbeat timeout)
 import symtune.train.mesh  # noqa: F401  MeshConfig
 import symtune.train.optim  # noqa: F401  OptimizerConfig
 import symtune.train.trainer  # noqa: F401  TrainerConfig
@@ -122,16 +123,17 @@ def _paths(tree: Any) -> list[str]:
 
 
 def initial_state(run: RunConfig, trainer, checkpointer, seed: int, *, verbose: bool) -> tuple[dict, int]:
-    """(train state, first step): the newest checkpoint's, else a fresh (or warm-started) state at 0."""
-    latest = checkpointer.latest_step()
-    if latest is None:
+    """(train state, first step): the newest readable checkpoint's, else a fresh (or warm-started)
+    state at 0. Corrupt checkpoints are set aside by the checkpointer; if all are, it raises."""
+    restored = checkpointer.restore(None, trainer.abstract_state)
+    if restored is None:
         if not run.warm_start:
             return trainer.init_state(), 0
         state = trainer.init_state(warm_start_params(run.warm_start, trainer.abstract_state["params"]))
         if verbose:
             print(f"warm start from {run.warm_start}")
         return state, 0
-    state, data_state = checkpointer.restore(latest, trainer.abstract_state)
+    state, data_state = restored
     if data_state.get("seed", seed) != seed:
         raise UserError(f"{run.run_dir} was trained with TrainData.seed={data_state['seed']}, not "
                         f"{seed}; use the same seed or a new run_dir")
