@@ -96,10 +96,9 @@ def run_cli(prog: str, description: str, commands: Sequence[Command], argv: Sequ
             raise UserError(f"`{prog} {command.name}` takes no gin configuration")
         apply_host_config(HostConfig())
         code = int(module.run(args) or 0)
-        if code == 0:
-            from symtune.train.distributed import finished
-
-            finished()
+        distributed = sys.modules.get("symtune.train.distributed")  # loaded by commands that join a job
+        if code == 0 and distributed:
+            distributed.finished()
         return code
     except UserError as e:
         # First line only: gin appends "In call to configurable ..." to errors raised in configurables.
@@ -108,12 +107,12 @@ def run_cli(prog: str, description: str, commands: Sequence[Command], argv: Sequ
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
-    except Exception:
+    except Exception as e:
         # In a multi-process run a lost process surfaces here as a collective's error: let the
         # watcher name it (and exit) rather than print that error's traceback.
-        from symtune.train.distributed import await_lost_process
-
-        await_lost_process()
+        distributed = sys.modules.get("symtune.train.distributed")
+        if distributed:
+            distributed.await_lost_process(e)
         raise
 
 

@@ -394,17 +394,17 @@ def read_sharded_params(model_dir: str | Path, abstract_params: Mapping[str, Any
     checkpoint (a process reads every tensor, as a transposed slice is spread over the file).
     """
     model_dir = Path(model_dir)
-    check_checkpoint(model_dir)
     ckpt = _Checkpoint(model_dir)
     config = config_from_hf(json.loads((model_dir / "config.json").read_text()))
+    ckpt.check(config)  # every tensor present and shaped before any is read
     out: Params = {}
 
     def fill(tensors: list[_Tensor], prefix: str, layers: int | None) -> None:
         for t in tensors:
             targets = [_get_abstract(abstract_params, prefix + path, model_dir) for path in t.ours]
             # One host buffer per distinct slice; devices holding the same slice share it.
-            slices = [{_key(index): index for index in x.sharding.addressable_devices_indices_map(x.shape).values()}
-                      for x in targets]
+            placements = [x.sharding.addressable_devices_indices_map(x.shape) for x in targets]
+            slices = [{_key(index): index for index in placed.values()} for placed in placements]
             buffers = [{k: _aligned_empty(_slice_shape(index, x.shape), x.dtype) for k, index in s.items()}
                        for s, x in zip(slices, targets)]
             for i in range(layers or 1):
@@ -417,10 +417,9 @@ def read_sharded_params(model_dir: str | Path, abstract_params: Mapping[str, Any
                         elif (index[0].start or 0) <= i < (index[0].stop if index[0].stop is not None else layers):
                             b[k][i - (index[0].start or 0)] = part[index[1:]]
                 del parts  # before the next tensor is read
-            for path, x, b in zip(t.ours, targets, buffers):
+            for path, x, placed, b in zip(t.ours, targets, placements, buffers):
                 # may_alias: on a CPU device the buffer becomes the array's memory, not a copy of it.
-                arrays = [jax.device_put(b[_key(index)], device, may_alias=True)
-                          for device, index in x.sharding.addressable_devices_indices_map(x.shape).items()]
+                arrays = [jax.device_put(b[_key(index)], device, may_alias=True) for device, index in placed.items()]
                 b.clear()
                 _put(out, prefix + path, jax.make_array_from_single_device_arrays(x.shape, x.sharding, arrays))
 

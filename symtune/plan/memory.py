@@ -42,10 +42,8 @@ from typing import Any, Callable, ClassVar
 
 from symtune.data.pipeline import FEATURES  # int32 [batch, seq_len] each
 from symtune.errors import UserError
-from symtune.models.attention import score_elements
+from symtune.models.attention import attention_kernel, score_elements
 from symtune.models.config import DecoderConfig
-from symtune.models.kernels.cudnn import cudnn_supported
-from symtune.models.kernels.splash import splash_supported
 from symtune.models.platform import traced_as
 from symtune.train.mesh import MESH_AXES, RULE_PRESETS, MeshConfig, spec_for
 from symtune.train.optim import OptimizerConfig
@@ -146,17 +144,15 @@ class Workload:
         from symtune.models.decoder import Decoder
         from symtune.train.optim import make_optimizer
 
-        # The attention the target runs: splash on TPU, cuDNN on GPU where they apply (no
-        # score-sized buffers), XLA's elsewhere (traced on one CPU device, "auto" would pick the
-        # fused CPU kernel, which hides the score buffers XLA:CPU and XLA:GPU hold).
-        q_shape = (batch_size, seq_len, model.num_heads, model.head_dim)
-        k_shape = (batch_size, seq_len, model.num_kv_heads, model.head_dim)
-        self.attention = "xla"
-        if platform == "tpu" and model.attention in ("auto", "splash") and splash_supported(q_shape, k_shape) is None:
-            self.attention = "splash"
-        if platform == "cuda" and model.attention in ("auto", "cudnn") and cudnn_supported(
-                q_shape, k_shape, model.dtype) is None:
-            self.attention = "cudnn"
+        # The attention the target runs, resolved as the model resolves it: splash on TPU, cuDNN on
+        # GPU where they apply (no score-sized buffers), XLA's elsewhere (traced on one CPU device,
+        # the fused CPU kernel would hide the score buffers XLA:CPU and XLA:GPU hold).
+        self.traced_platform = {"cuda": "gpu"}.get(platform, platform)
+        with traced_as(self.traced_platform):
+            kernel = attention_kernel(model.attention, (batch_size, seq_len, model.num_heads, model.head_dim),
+                                      (batch_size, seq_len, model.num_kv_heads, model.head_dim), causal=True,
+                                      dtype=model.dtype)
+        self.attention = kernel if kernel in ("splash", "cudnn") else "xla"
         model = model.replace(attention=self.attention)
         self.model, self.optimizer, self.loss_fn = model, optimizer, loss_fn
         self.batch_size, self.seq_len, self.steps, self.platform = batch_size, seq_len, steps, platform
@@ -300,7 +296,7 @@ class Workload:
         def loss(p, b):
             return self.loss_fn(nnx.merge(graphdef, p, other), b, jax.random.key(0))["loss"]
 
-        with traced_as({"cuda": "gpu"}.get(self.platform, self.platform)):
+        with traced_as(self.traced_platform):
             residuals = saved_residuals(loss, params, batch)
         return sum(_nbytes(aval) for aval, source in residuals if not source.startswith("from the argument"))
 

@@ -255,10 +255,11 @@ _watching = threading.Event()
 _watch_timeout_s = 0.0
 
 
-def await_lost_process() -> None:
-    """After a failure in a multi-process run, gives the watcher the time to tell whether another
-    process was lost (it then ends this one with its line); returns if none was."""
-    if _watching.is_set():
+def await_lost_process(error: BaseException) -> None:
+    """After a collective or device failure in a multi-process run (how a lost process surfaces),
+    gives the watcher the time to tell whether another process was lost (it then ends this one
+    with its line); returns at once for other errors, or if none was lost."""
+    if _watching.is_set() and isinstance(error, jax.errors.JaxRuntimeError):
         time.sleep(_watch_timeout_s * 1.25 + 1)
 
 
