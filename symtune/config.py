@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections.abc
 import contextlib
+import dataclasses
 import logging
 import types
 import typing
@@ -55,6 +56,7 @@ def parse_gin(files: Sequence[str], bindings: Sequence[str]) -> None:
         message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UserError(f"bad gin config: {message}") from None
     check_binding_types()
+    check_bound_configs()
 
 
 def check_binding_types() -> None:
@@ -78,6 +80,24 @@ def check_binding_types() -> None:
                 where = f"{scope}/" if scope else ""
                 raise UserError(f"gin binding {where}{configurable.name}.{name}={value!r}: expected "
                                 f"{_describe(expected)}, got {type(value).__name__}")
+
+
+def check_bound_configs() -> None:
+    """Builds every config dataclass that has gin bindings, so the range checks in their
+    `__post_init__` (batch_size >= 1, keep >= 1, ...) fail at start-up, before anything is
+    written, as a UserError naming the config rather than deep inside a run."""
+    for (scope, selector), bindings in gin.config._CONFIG.items():  # gin has no public iterator
+        configurable = gin.config._REGISTRY.get_match(selector)
+        if configurable is None or not bindings or not dataclasses.is_dataclass(configurable.wrapped):
+            continue
+        try:
+            with gin.config_scope(scope) if scope else contextlib.nullcontext():
+                configurable.wrapped()
+        except UserError as e:
+            given = ", ".join(f"{name}={value!r}" for name, value in bindings.items())
+            where = f"{scope}/" if scope else ""
+            raise UserError(f"gin config {where}{configurable.name} ({given}): "
+                            f"{str(e).strip().splitlines()[0]}") from None
 
 
 def _conforms(value: Any, expected: Any) -> bool:

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import gin
 
+from symtune.errors import UserError
+
 # Set by the local multi-process launcher: each process's simulated device count, which wins
 # over a config's own (a config written for one process would otherwise claim all of them).
 ENV_CPU_DEVICES = "SYMTUNE_CPU_DEVICES"
@@ -23,6 +25,10 @@ class HostConfig:
     """How this process sets up its host before a command starts JAX (every command reads it)."""
 
     cpu_devices: int | None = None  # simulate this many CPU devices (tests, laptops; $SYMTUNE_CPU_DEVICES wins)
+
+    def __post_init__(self):
+        if self.cpu_devices is not None and self.cpu_devices < 1:
+            raise UserError(f"cpu_devices must be >= 1, or None for JAX's default (got {self.cpu_devices})")
 
 
 def apply_host_config(config: HostConfig) -> None:

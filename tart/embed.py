@@ -10,12 +10,15 @@ an example's embedding is the mean of the hidden states over its own tokens. Mod
            a query after all k
 
 vanilla and loo are meant for causal decoders: a bidirectional encoder would see an example's own
-label in vanilla mode. Prompts longer than the model's window drop the oldest examples first.
+label in vanilla mode. Prompts longer than the model's window drop the oldest examples first; a
+text longer than the window by itself keeps its first tokens, with one `TruncationWarning` per
+`embed` call (the tokenizers' own per-text warning is silenced).
 """
 
 from __future__ import annotations
 
 import contextlib
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, Sequence
@@ -26,9 +29,14 @@ import numpy as np
 from flax import nnx
 
 from symtune.errors import UserError
+from tart.userdata import InputNote
 
 MODES = ("stream", "vanilla", "loo")
 LABEL_TEMPLATE = "\nLabel: {}\n\n"  # what follows an in-context example in vanilla and loo prompts
+
+
+class TruncationWarning(InputNote):
+    """Some input texts were longer than the encoder's window and lost their ends."""
 
 
 class Encoder(Protocol):
@@ -76,22 +84,26 @@ def pooled(encoder: Encoder, segments: Sequence[Segment], batch_size: int = 32) 
     return np.stack(out).astype(np.float32)
 
 
-def alone(encoder: Encoder, text: str) -> Segment:
-    """`text` by itself, pooled over all its tokens including the special ones (as
-    sentence-transformers' mean pooling does)."""
-    body = encoder.tokenize(text)
-    framed, _ = encoder.frame(body[: encoder.max_length - len(encoder.frame([])[0])])
+def text_room(encoder: Encoder) -> int:
+    """How many tokens of text fit in the encoder's window beside its special tokens."""
+    return encoder.max_length - len(encoder.frame([])[0])
+
+
+def alone(encoder: Encoder, ids: list[int]) -> Segment:
+    """A text's token ids by themselves (the first `text_room` of them), pooled over all tokens including
+    the special ones (as sentence-transformers' mean pooling does)."""
+    framed, _ = encoder.frame(ids[:text_room(encoder)])
     return Segment(framed, 0, len(framed))
 
 
 def in_context(encoder: Encoder, context: Sequence[list[int]], target: list[int]) -> Segment:
     """`target` after as many of the most recent `context` pieces as fit; pooled over `target`."""
-    room = encoder.max_length - len(encoder.frame([])[0])
-    target = target[:room]
+    limit = text_room(encoder)
+    target = target[:limit]
     kept: list[list[int]] = []
     used = len(target)
     for piece in reversed(context):
-        if used + len(piece) > room:
+        if used + len(piece) > limit:
             break
         kept.insert(0, piece)
         used += len(piece)
@@ -107,10 +119,12 @@ def embed(encoder: Encoder, train_texts: Sequence[str], train_labels: Sequence[i
     """Embeddings of the k in-context examples [k, D] and of the queries [T, D] in `mode`."""
     if mode not in MODES:
         raise UserError(f"unknown embedding mode {mode!r}; choose from {', '.join(MODES)}")
-    if mode == "stream":
-        both = pooled(encoder, [alone(encoder, t) for t in (*train_texts, *test_texts)], batch_size)
-        return both[:len(train_texts)], both[len(train_texts):]
     texts = [encoder.tokenize(t) for t in train_texts]
+    queries = [encoder.tokenize(t) for t in test_texts]
+    warn_if_truncated(encoder, texts + queries)
+    if mode == "stream":
+        both = pooled(encoder, [alone(encoder, ids) for ids in (*texts, *queries)], batch_size)
+        return both[:len(texts)], both[len(texts):]
     labelled = [ids + encoder.tokenize(LABEL_TEMPLATE.format(label_names[y]))
                 for ids, y in zip(texts, train_labels)]
     if mode == "vanilla":
@@ -119,12 +133,35 @@ def embed(encoder: Encoder, train_texts: Sequence[str], train_labels: Sequence[i
     else:
         train = pooled(encoder, [in_context(encoder, labelled[:i] + labelled[i + 1:], texts[i])
                                  for i in range(len(texts))], batch_size)
-    test = pooled(encoder, [in_context(encoder, labelled, encoder.tokenize(t)) for t in test_texts],
-                  batch_size)
+    test = pooled(encoder, [in_context(encoder, labelled, ids) for ids in queries], batch_size)
     return train, test
 
 
+def warn_if_truncated(encoder: Encoder, token_lists: Sequence[list[int]]) -> None:
+    """One TruncationWarning when any text is longer than the encoder's window."""
+    limit = text_room(encoder)
+    longer = [len(ids) for ids in token_lists if len(ids) > limit]
+    if longer:
+        warnings.warn(f"{len(longer)} of {len(token_lists)} texts are longer than the encoder's window of "
+                      f"{limit} tokens (the longest has {max(longer)}); each keeps its first {limit}",
+                      TruncationWarning, stacklevel=3)
+
+
 # ---------------------------------------------------------------- PyTorch backends
+
+
+@contextlib.contextmanager
+def quiet_loading():
+    """No "Loading weights" progress bar from transformers while a (small, local) model loads."""
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
 
 
 class TorchEncoder:
@@ -137,13 +174,14 @@ class TorchEncoder:
         path = _local_dir(model_dir)
         self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
         self._before, self._after = special_tokens(self.tokenizer)
-        self.model = AutoModel.from_pretrained(path, local_files_only=True).eval()
+        with quiet_loading():
+            self.model = AutoModel.from_pretrained(path, local_files_only=True).eval()
         self._torch = torch
         limit = getattr(self.model.config, "max_position_embeddings", None) or 512
         self.max_length = min(max_length or limit, limit)
 
     def tokenize(self, text: str) -> list[int]:
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        return self.tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
 
     def frame(self, ids: list[int]) -> tuple[list[int], int]:
         return self._before + list(ids) + self._after, len(self._before)
@@ -162,7 +200,8 @@ class SentenceTransformerEncoder:
         import torch
         from sentence_transformers import SentenceTransformer
 
-        self.model = SentenceTransformer(str(_local_dir(model_dir)), device="cpu", local_files_only=True)
+        with quiet_loading():
+            self.model = SentenceTransformer(str(_local_dir(model_dir)), device="cpu", local_files_only=True)
         self.model.eval()
         self.tokenizer = self.model.tokenizer
         self._before, self._after = special_tokens(self.tokenizer)
@@ -170,7 +209,7 @@ class SentenceTransformerEncoder:
         self.max_length = min(max_length or self.model.max_seq_length, self.model.max_seq_length)
 
     def tokenize(self, text: str) -> list[int]:
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        return self.tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
 
     def frame(self, ids: list[int]) -> tuple[list[int], int]:
         return self._before + list(ids) + self._after, len(self._before)
@@ -214,7 +253,7 @@ class DecoderEncoder:
         return stack
 
     def tokenize(self, text: str) -> list[int]:
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        return self.tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
 
     def frame(self, ids: list[int]) -> tuple[list[int], int]:
         return self._before + list(ids) + self._after, len(self._before)
@@ -271,6 +310,20 @@ def _local_dir(model_dir: str | Path) -> Path:
         raise UserError(f"{path} is not a model directory (no config.json); pass a local Hugging Face "
                         "or sentence-transformers model directory")
     return path
+
+
+def make_encoder(spec: str) -> Encoder:
+    """minilm (the packaged all-MiniLM-L6-v2), st:DIR, hf:DIR or decoder:DIR."""
+    if spec == "minilm":
+        return SentenceTransformerEncoder(minilm_dir())
+    kind, _, path = spec.partition(":")
+    if kind == "st" and path:
+        return SentenceTransformerEncoder(path)
+    if kind == "hf" and path:
+        return TorchEncoder(path)
+    if kind == "decoder" and path:
+        return DecoderEncoder(path)
+    raise UserError(f"unknown encoder {spec!r}; use minilm, st:DIR, hf:DIR or decoder:DIR")
 
 
 def minilm_dir() -> Path:

@@ -1,10 +1,11 @@
 """`tart eval`: TART against a logistic-regression probe and kNN on the same reduced embeddings.
 
-For each binary dataset and each k, several random draws of k class-balanced in-context examples
-are embedded with a frozen encoder, reduced to 16 whitened PCA dimensions fitted on those k only,
-and every method classifies the same held-out queries. Results go to the run directory as
-`results.json`, `table.md` and `accuracy.png`. `--synthetic` instead scores the head on held-out
-synthetic tasks against scikit-learn's logistic regression.
+For each dataset (catalog abbreviations, or the user's file with `--data`) and each k, several
+random draws of k class-balanced in-context examples are embedded with a frozen encoder, reduced
+to 16 whitened PCA dimensions fitted on those k only, and every method classifies the same
+held-out queries; more than two classes run one-vs-rest, reported overall and per class. Results
+go to the run directory as `results.json`, `table.md` and `accuracy.png`. `--synthetic` instead
+scores the head on held-out synthetic tasks against logistic regression.
 """
 
 from __future__ import annotations
@@ -16,12 +17,14 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import gin
 import numpy as np
 
 from symtune.errors import UserError
+from tart.methods import PROBES, Scorer, class_probs, knn, probe, tart
+from tart.sampling import balanced_draw
 
 USES_GIN = True
 SHIPPED_HEAD = Path(__file__).resolve().parent / "assets" / "tart-cpu"
@@ -42,7 +45,12 @@ class TartEvalConfig:
     encoder: str = "minilm"
     mode: str = "stream"
     datasets: tuple[str, ...] = DEFAULT_DATASETS
-    ks: tuple[int, ...] = (18, 32, 64, 128, 256)
+    # The user's own labelled file (JSON Lines or CSV; see tart/userdata.py) instead of `datasets`.
+    data: str = ""
+    text_field: str = "text"
+    label_field: str = "label"
+    ks: tuple[int, ...] = (18, 32, 48, 64, 128, 256)  # the TART paper's
+    probe: str = "unregularized"  # or "sklearn_default" (see tart/methods.py PROBES)
     draws: int = 5
     queries: int = 300  # held-out examples classified per draw
     pool: int = 1000  # in-context candidates embedded per dataset (stream mode caches them)
@@ -57,63 +65,27 @@ class TartEvalConfig:
             raise UserError(f"unknown embedding mode {self.mode!r}; choose from {', '.join(MODES)}")
         if min(self.ks) < 2 or self.draws < 1 or self.queries < 1:
             raise UserError("TartEvalConfig: ks must be >= 2, draws and queries >= 1")
-
-
-# ---------------------------------------------------------------- classifiers on reduced features
-
-Classifier = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
-
-
-def probe(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray) -> np.ndarray:
-    """scikit-learn's default LogisticRegression fitted on the k examples."""
-    from sklearn.linear_model import LogisticRegression
-
-    return LogisticRegression(max_iter=1000).fit(train_x, train_y).predict(test_x)
-
-
-def knn(neighbors: int) -> Classifier:
-    def classify(train_x, train_y, test_x):
-        from sklearn.neighbors import KNeighborsClassifier
-
-        return KNeighborsClassifier(min(neighbors, len(train_x))).fit(train_x, train_y).predict(test_x)
-
-    return classify
-
-
-def tart(head) -> Classifier:
-    """The head at the query position; None (not scored) when k examples + query exceed its length."""
-    from tart.head import predict_queries
-
-    def classify(train_x, train_y, test_x):
-        if len(train_x) + 1 > head.config.max_examples:
-            return None
-        return (predict_queries(head, train_x, train_y, test_x) >= 0.5).astype(np.int64)
-
-    return classify
+        if self.probe not in PROBES:
+            raise UserError(f"unknown probe {self.probe!r}; choose from {', '.join(PROBES)}")
 
 
 # ---------------------------------------------------------------- synthetic acceptance check
 
 
 def synthetic_accuracy(head, ks: Sequence[int] = (32, 64, 128), tasks: int = 2000, dims: int = 16,
-                       noise_scale: float = 10.0, seed: int = 1234) -> dict[int, dict[str, float]]:
-    """Query accuracy of the head and of LogisticRegression() on the same held-out tasks, per k."""
-    from sklearn.linear_model import LogisticRegression
-
+                       noise_scale: float = 10.0, seed: int = 1234,
+                       probe_kind: str = "unregularized") -> dict[int, dict[str, float]]:
+    """Query accuracy of the head and of the logistic-regression probe on the same held-out tasks, per k."""
     from tart.head import sequence_probs
     from tart.synthetic import numpy_tasks
 
     xs, ys = numpy_tasks(np.random.default_rng(seed), tasks, dims, max(ks) + 1, noise_scale)
+    score = probe(probe_kind)  # one class seen: predicts it
     out = {}
     for k in ks:
         head_right, lr_right = 0, 0
         for i in range(tasks):
-            train_x, train_y, q = xs[i, :k], ys[i, :k], xs[i, k:k + 1]
-            if len(np.unique(train_y)) == 2:
-                lr_pred = LogisticRegression().fit(train_x, train_y).predict(q)[0]
-            else:
-                lr_pred = train_y[0]  # one class seen: predict it
-            lr_right += lr_pred == ys[i, k]
+            lr_right += int((score(xs[i, :k], ys[i, :k], xs[i, k:k + 1])[0] >= 0.5) == (ys[i, k] > 0.5))
         for first in range(0, tasks, 250):
             chunk = slice(first, first + 250)
             probs = np.asarray(sequence_probs(head, xs[chunk, :k + 1], ys[chunk, :k + 1]))
@@ -126,16 +98,14 @@ def synthetic_accuracy(head, ks: Sequence[int] = (32, 64, 128), tasks: int = 200
 
 
 def dataset_spec(name: str):
-    """A binary dataset from symtune's catalog, or sentence-level SST-2 (SST2S)."""
+    """A dataset from symtune's catalog (more than two labels run one-vs-rest), or sentence-level
+    SST-2 (SST2S)."""
     from symtune.data.catalog import DatasetSpec, get_spec
 
     if name == "SST2S":
         return DatasetSpec("SST2S", "eval", "sentiment", "sst2_sentence_level", None, "{sentence}", "label",
                            ("negative", "positive"), "", 6920, eval_splits=("validation",))
-    spec = get_spec(name)
-    if not spec.is_binary:
-        raise UserError(f"TART evaluates binary datasets; {name} has {len(spec.labels)} labels")
-    return spec
+    return get_spec(name)
 
 
 @dataclass
@@ -159,43 +129,34 @@ def load_split(name: str, config: TartEvalConfig, rng: np.random.Generator) -> S
     train = load_examples(spec, spec.train_splits, cap=None)
     test = load_examples(spec, spec.eval_splits, cap=None)
     if train.split == test.split:
-        order = rng.permutation(len(train))
-        n_queries = min(config.queries, len(train) // 2)
-        q, p = order[:n_queries], order[n_queries:]
-        query_texts, query_labels = [train.texts[i] for i in q], train.labels[q]
-        pool_idx = p
-    else:
-        q = rng.permutation(len(test))[:config.queries]
-        query_texts, query_labels = [test.texts[i] for i in q], test.labels[q]
-        pool_idx = np.arange(len(train))
-    pool_idx = rng.permutation(pool_idx)[:config.pool]
+        return halves(name, spec.labels, train.texts, train.labels, config, rng)
+    q = rng.permutation(len(test))[:config.queries]
+    pool_idx = rng.permutation(len(train))[:config.pool]
     return Split(name, spec.labels, [train.texts[i] for i in pool_idx], train.labels[pool_idx],
-                 query_texts, query_labels)
+                 [test.texts[i] for i in q], test.labels[q])
 
 
-def balanced_draw(labels: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray | None:
-    """k indices, half of each class (None when a class has too few)."""
-    per_class = [np.flatnonzero(labels == c) for c in (0, 1)]
-    sizes = (k // 2, k - k // 2)
-    if any(len(idx) < n for idx, n in zip(per_class, sizes)):
-        return None
-    return rng.permutation(np.concatenate([rng.choice(idx, n, replace=False) for idx, n in zip(per_class, sizes)]))
+def halves(name: str, label_names: Sequence[str], texts: Sequence[str], labels: np.ndarray,
+           config: TartEvalConfig, rng: np.random.Generator) -> Split:
+    """One labelled set split at random: up to `config.queries` (at most half) held-out queries,
+    up to `config.pool` of the rest as in-context candidates."""
+    order = rng.permutation(len(texts))
+    n_queries = min(config.queries, len(texts) // 2)
+    q, pool_idx = order[:n_queries], rng.permutation(order[n_queries:])[:config.pool]
+    return Split(name, tuple(label_names), [texts[i] for i in pool_idx], labels[pool_idx],
+                 [texts[i] for i in q], labels[q])
 
 
-def make_encoder(spec: str):
-    """minilm (the packaged all-MiniLM-L6-v2), st:DIR, hf:DIR or decoder:DIR."""
-    from tart import embed
+def load_file_split(config: TartEvalConfig, rng: np.random.Generator) -> Split:
+    """The user's file (`config.data`) split into queries and candidates like a one-split dataset."""
+    from tart.userdata import read_labelled
 
-    if spec == "minilm":
-        return embed.SentenceTransformerEncoder(embed.minilm_dir())
-    kind, _, path = spec.partition(":")
-    if kind == "st" and path:
-        return embed.SentenceTransformerEncoder(path)
-    if kind == "hf" and path:
-        return embed.TorchEncoder(path)
-    if kind == "decoder" and path:
-        return embed.DecoderEncoder(path)
-    raise UserError(f"unknown encoder {spec!r}; use minilm, st:DIR, hf:DIR or decoder:DIR")
+    data = read_labelled(config.data, config.text_field, config.label_field)
+    split = halves(Path(config.data).stem, data.label_names, data.texts, data.labels, config, rng)
+    counts = ", ".join(f"{name} {n}" for name, n in zip(data.label_names, np.bincount(data.labels)))
+    print(f"{config.data}: {len(data.texts)} rows ({counts}); {len(split.query_texts)} held-out queries, "
+          f"{len(split.pool_texts)} in-context candidates", flush=True)
+    return split
 
 
 def stream_embeddings(split: Split, encoder, cache: Path | None, key: str) -> tuple[np.ndarray, np.ndarray]:
@@ -215,19 +176,30 @@ def stream_embeddings(split: Split, encoder, cache: Path | None, key: str) -> tu
     return pool, queries
 
 
-def evaluate_dataset(split: Split, encoder, classifiers: dict[str, Classifier], config: TartEvalConfig,
-                     rng: np.random.Generator, cache: Path | None = None) -> dict[int, dict[str, list[float]]]:
-    """Accuracy of each classifier for each k over `config.draws` draws."""
+@dataclass
+class Scores:
+    """One dataset's accuracies, per k and method, one entry per draw."""
+
+    accuracy: dict[int, dict[str, list[float]]]
+    # Accuracy on the queries of each class (recall), in label order; nan for a class with no queries.
+    per_class: dict[int, dict[str, list[list[float]]]]
+
+
+def evaluate_dataset(split: Split, encoder, classifiers: dict[str, Scorer], config: TartEvalConfig,
+                     rng: np.random.Generator, cache: Path | None = None) -> Scores:
+    """Accuracy of each classifier for each k over `config.draws` draws (one-vs-rest past two classes)."""
     from tart.embed import embed, reduce
 
+    num_classes = len(split.label_names)
     cached = None
     if config.mode == "stream":  # an example's embedding does not depend on the others: embed once
         cached = stream_embeddings(split, encoder, cache, config.encoder)
-    results: dict[int, dict[str, list[float]]] = {}
+    accuracy: dict[int, dict[str, list[float]]] = {}
+    per_class: dict[int, dict[str, list[list[float]]]] = {}
     for k in config.ks:
-        scores = {m: [] for m in (*classifiers, "icl")}
+        predictions: dict[str, list[np.ndarray]] = {m: [] for m in (*classifiers, "icl")}
         for _ in range(config.draws):
-            idx = balanced_draw(split.pool_labels, k, rng)
+            idx = balanced_draw(split.pool_labels, k, rng, num_classes)
             if idx is None:
                 break
             if cached is not None:
@@ -236,23 +208,39 @@ def evaluate_dataset(split: Split, encoder, classifiers: dict[str, Classifier], 
                 train_e, query_e = embed(encoder, [split.pool_texts[i] for i in idx], split.pool_labels[idx],
                                          split.query_texts, config.mode, split.label_names)
             train_x, query_x = reduce(train_e, query_e, config.dims)
-            for method, classify in classifiers.items():
-                predicted = classify(train_x, split.pool_labels[idx], query_x)
-                if predicted is not None:
-                    scores[method].append(float(np.mean(predicted == split.query_labels)))
+            for method, score in classifiers.items():
+                probs = class_probs(score, train_x, split.pool_labels[idx], query_x, num_classes)
+                if probs is not None:
+                    predictions[method].append(np.argmax(probs, 1))
             if hasattr(encoder, "classify_in_context"):
-                predicted = encoder.classify_in_context([split.pool_texts[i] for i in idx], split.pool_labels[idx],
-                                                        split.query_texts, split.label_names)
-                scores["icl"].append(float(np.mean(predicted == split.query_labels)))
-        if any(scores.values()):
-            results[k] = {m: v for m, v in scores.items() if v}
-    return results
+                predictions["icl"].append(encoder.classify_in_context(
+                    [split.pool_texts[i] for i in idx], split.pool_labels[idx], split.query_texts, split.label_names))
+        scored = {m: p for m, p in predictions.items() if p}
+        if scored:
+            accuracy[k] = {m: [float(np.mean(p == split.query_labels)) for p in ps] for m, ps in scored.items()}
+            per_class[k] = {m: [class_accuracy(p, split.query_labels, num_classes) for p in ps]
+                            for m, ps in scored.items()}
+    return Scores(accuracy, per_class)
+
+
+def class_accuracy(predicted: np.ndarray, labels: np.ndarray, num_classes: int) -> list[float]:
+    """Accuracy on the queries of each class (nan for a class with none)."""
+    return [float(np.mean(predicted[labels == c] == c)) if np.any(labels == c) else float("nan")
+            for c in range(num_classes)]
+
+
+def per_class_results(split: Split, scores: Scores) -> dict[str, dict[int, dict[str, list[float]]]]:
+    """Per-class accuracies shaped like `Scores.accuracy` under each class name (for `markdown_table`)."""
+    return {name: {k: {m: [draw[c] for draw in draws] for m, draws in by_method.items()}
+                   for k, by_method in scores.per_class.items()}
+            for c, name in enumerate(split.label_names) if np.any(split.query_labels == c)}
 
 
 def markdown_table(results: dict[str, dict[int, dict[str, list[float]]]], ks: Sequence[int],
-                   methods: Sequence[str]) -> str:
-    """Mean accuracy (%) per dataset and k, one column per (k, method), plus the average over datasets."""
-    header = "| dataset | " + " | ".join(f"k={k} {m}" for k in ks for m in methods) + " |"
+                   methods: Sequence[str], rows: str = "dataset") -> str:
+    """Mean accuracy (%) per row (dataset, or class) and k, one column per (k, method), plus the
+    average over rows."""
+    header = f"| {rows} | " + " | ".join(f"k={k} {m}" for k in ks for m in methods) + " |"
     lines = [header, "|---|" + "---:|" * (len(ks) * len(methods))]
     for name, by_k in results.items():
         cells = [f"{100 * np.mean(by_k[k][m]):.1f}" if m in by_k.get(k, {}) else "–" for k in ks for m in methods]
@@ -300,7 +288,8 @@ def plot(results, ks, methods, path: Path) -> None:
 
 
 def run_eval(config: TartEvalConfig) -> dict:
-    """Evaluates every dataset and writes results.json, table.md and accuracy.png."""
+    """Evaluates every dataset (or `config.data`) and writes results.json, table.md and accuracy.png."""
+    from tart.embed import make_encoder
     from tart.train import load_head
 
     out = Path(config.run_dir).resolve()
@@ -309,24 +298,35 @@ def run_eval(config: TartEvalConfig) -> dict:
     if max(config.ks) + 1 > head.config.max_examples:
         print(f"note: the head takes up to {head.config.max_examples} examples; TART is not scored at "
               f"k >= {head.config.max_examples}")
-    encoder = make_encoder(config.encoder)
-    classifiers = {"tart": tart(head), "probe": probe, "knn": knn(config.knn_neighbors)}
     rng = np.random.default_rng(config.seed)
-    results = {}
-    for name in config.datasets:
+    user_split = load_file_split(config, rng) if config.data else None  # file mistakes before the encoder loads
+    encoder = make_encoder(config.encoder)
+    classifiers = {"tart": tart(head), "probe": probe(config.probe), "knn": knn(config.knn_neighbors)}
+    results, per_class = {}, {}
+    for name in ([user_split.name] if user_split else config.datasets):
         start = time.time()
-        split = load_split(name, config, rng)
-        results[name] = evaluate_dataset(split, encoder, classifiers, config, rng,
-                                         cache=out / "embeddings" / f"{name}.npz")
+        split = user_split or load_split(name, config, rng)
+        scores = evaluate_dataset(split, encoder, classifiers, config, rng, cache=out / "embeddings" / f"{name}.npz")
+        results[name] = scores.accuracy
+        if len(split.label_names) > 2:
+            per_class[name] = per_class_results(split, scores)
         summary = ", ".join(f"k={k}: " + " ".join(f"{m} {100 * np.mean(v[m]):.1f}" for m in METHODS if m in v)
                             for k, v in results[name].items())
         print(f"{name}: {summary} [{time.time() - start:.0f}s]", flush=True)
     methods = [m for m in METHODS if any(m in by_k for r in results.values() for by_k in r.values())]
+    if not methods:
+        raise UserError(f"nothing was scored: a draw of k needs k / (number of classes) in-context candidates of "
+                        f"every class, and no k in {config.ks} found them; use smaller ks or more rows")
     table = markdown_table(results, config.ks, methods)
+    for name, by_class in per_class.items():
+        table += (f"\n{name}, {len(by_class)} classes one-vs-rest: accuracy on each class's queries "
+                  f"(average: their mean)\n\n" + markdown_table(by_class, config.ks, methods, rows="class"))
     (out / "table.md").write_text(table)
     (out / "results.json").write_text(json.dumps(
-        {"config": dataclasses.asdict(config), "accuracy": {n: {str(k): v for k, v in r.items()}
-                                                            for n, r in results.items()}}, indent=2))
+        {"config": dataclasses.asdict(config),
+         "accuracy": {n: {str(k): v for k, v in r.items()} for n, r in results.items()},
+         "per_class_accuracy": {n: {c: {str(k): v for k, v in r.items()} for c, r in by_class.items()}
+                                for n, by_class in per_class.items()}}, indent=2))
     plot(results, config.ks, methods, out / "accuracy.png")
     print(table)
     print(f"tart eval: results in {out}")
@@ -336,10 +336,10 @@ def run_eval(config: TartEvalConfig) -> dict:
 def run_synthetic(config: TartEvalConfig, tasks: int) -> dict:
     from tart.train import load_head
 
-    results = synthetic_accuracy(load_head(config.head), tasks=tasks)
+    results = synthetic_accuracy(load_head(config.head), tasks=tasks, probe_kind=config.probe)
     for k, r in results.items():
-        print(f"k={k}: TART {100 * r['tart']:.1f}  logistic regression {100 * r['logistic_regression']:.1f} "
-              f"({tasks} tasks, d=16)")
+        print(f"k={k}: TART {100 * r['tart']:.1f}  logistic regression ({config.probe}) "
+              f"{100 * r['logistic_regression']:.1f} ({tasks} tasks, d=16)")
     out = Path(config.run_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
     (out / "synthetic.json").write_text(json.dumps({str(k): v for k, v in results.items()}, indent=2))
@@ -349,14 +349,19 @@ def run_synthetic(config: TartEvalConfig, tasks: int) -> dict:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--run_dir", help="overrides TartEvalConfig.run_dir")
     parser.add_argument("--head", help="overrides TartEvalConfig.head (a head directory)")
+    parser.add_argument("--encoder", help="overrides TartEvalConfig.encoder: minilm, st:DIR, hf:DIR or decoder:DIR")
+    parser.add_argument("--probe", choices=PROBES, help="overrides TartEvalConfig.probe")
+    parser.add_argument("--data", metavar="FILE",
+                        help="evaluate on your labelled .jsonl or .csv file instead of the catalog datasets")
+    parser.add_argument("--text_field", help="the field holding the text in --data (default: text)")
+    parser.add_argument("--label_field", help="the field holding the label in --data (default: label)")
     parser.add_argument("--synthetic", type=int, metavar="TASKS", nargs="?", const=2000,
                         help="score the head on TASKS held-out synthetic tasks against logistic regression")
 
 
 def run(args: argparse.Namespace) -> int:
-    config = TartEvalConfig()
-    changes = {k: v for k, v in (("run_dir", args.run_dir), ("head", args.head)) if v}
-    config = dataclasses.replace(config, **changes)
+    flags = ("run_dir", "head", "encoder", "probe", "data", "text_field", "label_field")
+    config = dataclasses.replace(TartEvalConfig(), **{f: getattr(args, f) for f in flags if getattr(args, f)})
     if args.synthetic:
         run_synthetic(config, args.synthetic)
     else:

@@ -1,5 +1,6 @@
 """seqio Tasks over real data, evaluation examples, and BIG-bench."""
 
+import itertools
 import os
 
 import pytest
@@ -52,13 +53,19 @@ def test_tuning_tasks_render_real_rows(registered, data_dir):
         assert target in ex["inputs_pretokenized"].decode()  # the symbol labels the exemplars
 
 
-def test_eval_tasks_pass_candidates_and_answer_through(registered, data_dir):
+def test_eval_tasks_expand_each_query_into_its_candidates(registered, data_dir):
     task = seqio.get_mixture_or_task(eval_task_name(EVAL[8], "symbols"))
     assert task.name == "symbol_eval_sot_symbols"
-    ex = next(task.get_dataset({"inputs": 4096, "targets": 32}, split="validation",
-                               shuffle=False).as_numpy_iterator())
-    candidates = [c.decode() for c in ex["candidates"]]
-    assert len(candidates) == 3 and candidates[ex["answer"]] == ex["targets_pretokenized"].decode()
+    rows = list(itertools.islice(task.get_dataset({"inputs": 4096, "targets": 32}, split="validation",
+                                                  shuffle=False).as_numpy_iterator(), 4))
+    first = next(eval_examples("SOT", "symbols", config=DataConfig(data_dir=str(data_dir))))
+    candidates = [r["targets_pretokenized"].decode() for r in rows[:3]]
+    assert [r["idx"].tolist() for r in rows] == [[0, 0], [0, 1], [0, 2], [1, 0]]
+    assert candidates == list(first.candidates) and len(candidates) == 3
+    assert [bool(r["is_correct"]) for r in rows[:3]] == [j == first.answer for j in range(3)]
+    assert candidates[first.answer] == first.targets
+    assert {r["inputs_pretokenized"].decode() for r in rows[:3]} == {first.inputs}
+    assert [int(r["index"]) for r in rows] == [0, 0, 0, 1] and first.index == 0
 
 
 def test_eval_examples_cover_704_queries_in_every_setting(data_dir):
@@ -98,7 +105,7 @@ def test_unknown_eval_setting_is_a_user_error(data_dir):
 
 def test_bigbench_list_functions_and_turing_concepts(data_dir):
     config = DataConfig(data_dir=str(data_dir))
-    lf = list(list_functions(("c001", "c002"), config=config))
+    lf = list(list_functions(("c001", "c002"), config=config, template="Input/Output"))
     assert len(lf) == 64 and lf[0].inputs.count("Input: ") == 5 and lf[0].inputs.endswith("Output: ")
     assert lf[0].targets.startswith("[")
     assert sum(1 for _ in list_functions(config=config)) >= 250 * 30
@@ -106,3 +113,37 @@ def test_bigbench_list_functions_and_turing_concepts(data_dir):
     assert len(stc) == 85 and stc[0].targets.startswith("'")
     with pytest.raises(UserError, match="unknown List Functions subtask 'c999'"):
         next(list_functions(("c999",), config=config))
+    with pytest.raises(UserError, match="unknown template 'Bogus/Thing'; choose 'random' or one of Input/Output"):
+        next(list_functions(("c001",), config=config, template="Bogus/Thing"))
+
+
+def test_list_functions_draw_one_template_per_prompt_from_the_symbol_tuning_templates(data_dir):
+    from symtune.data.prompts import TEMPLATES
+
+    config = DataConfig(data_dir=str(data_dir))
+    prompts = list(list_functions(("c001", "c042"), config=config, seed=3))
+    used = []
+    for example in prompts:
+        template = next(t for t in TEMPLATES if example.inputs.startswith(t.before_input)
+                        and example.inputs.endswith(t.before_label))
+        # The exemplars and the query share the prompt's template.
+        assert example.inputs.count(template.before_label) == 5, example.inputs
+        used.append(template.name)
+    assert len(set(used)) >= len(TEMPLATES) // 2, used
+    assert [e.inputs for e in list_functions(("c001", "c042"), config=config, seed=3)] == [e.inputs for e in prompts]
+    assert [e.inputs for e in list_functions(("c001", "c042"), config=config, seed=4)] != [e.inputs for e in prompts]
+
+
+def test_list_function_subtasks_are_selected_by_count_or_by_name(data_dir):
+    from symtune.eval.suite import EvalConfig, Unit, unit_examples
+
+    config = DataConfig(data_dir=str(data_dir))
+    by_name = EvalConfig(tasks=("list_functions",), list_function_subtasks=("c042", "c007"), data=config)
+    assert {e.dataset for e in unit_examples(Unit("list_functions", "exact_match"), 0, by_name)} == {
+        "list_functions/c042", "list_functions/c007"}
+    first = EvalConfig(tasks=("list_functions",), list_function_subtasks=1, data=config)
+    assert {e.dataset for e in unit_examples(Unit("list_functions", "exact_match"), 0, first)} == {"list_functions/c001"}
+    with pytest.raises(UserError, match="unknown List Functions subtask 'c251'"):
+        EvalConfig(list_function_subtasks=("c251",))
+    with pytest.raises(UserError, match="list_function_subtasks=0: choose 1..250"):
+        EvalConfig(list_function_subtasks=0)

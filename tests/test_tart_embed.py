@@ -122,3 +122,16 @@ def test_our_decoder_backend_matches_the_same_model_in_pytorch(tmp_path):
         np.testing.assert_allclose(np.concatenate(a), np.concatenate(b), atol=1e-4, err_msg=mode)
     predicted = ours.classify_in_context(texts[:2], [1, 0], ["great film", "awful"], ["neg", "pos"])
     assert predicted.shape == (2,) and set(predicted.tolist()) <= {0, 1}
+
+
+def test_texts_past_the_window_keep_their_first_tokens_with_one_warning():
+    from tart.embed import TruncationWarning
+
+    encoder = CountingEncoder()  # 12 tokens, 10 of them text
+    long, longer = " ".join(["7"] * 15), " ".join(["9"] * 30)
+    with pytest.warns(TruncationWarning) as caught:
+        train, test = embed(encoder, [long, "1 2"], [0, 1], [longer, "3"])
+    assert [str(w.message) for w in caught] == [
+        "2 of 4 texts are longer than the encoder's window of 10 tokens (the longest has 30); each keeps its first 10"]
+    np.testing.assert_allclose(train[0, 0], (100 + 10 * 7 + 101) / 12)
+    np.testing.assert_allclose(test[0, 0], (100 + 10 * 9 + 101) / 12)

@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from symtune.errors import UserError
 from tart.cli import main
-from tart.evaluate import (
-    TartEvalConfig, Split, balanced_draw, evaluate_dataset, knn, markdown_table, plot, probe,
-    synthetic_accuracy, tart,
-)
+from tart.evaluate import TartEvalConfig, Split, evaluate_dataset, markdown_table, plot, synthetic_accuracy
 from tart.head import HeadConfig, TartHead
+from tart.methods import class_probs, knn, probe, tart
+from tart.sampling import balanced_draw, balanced_subsample
 from tart.train import save_head
 
 TINY = HeadConfig(num_layers=1, width=16, num_heads=2, max_examples=40)
@@ -45,12 +45,51 @@ def test_balanced_draw_takes_half_of_each_class():
     assert balanced_draw(labels, 8, rng) is None
 
 
+def test_balanced_draw_spreads_k_over_every_class():
+    labels = np.repeat([0, 1, 2, 3], 10)
+    idx = balanced_draw(labels, 18, np.random.default_rng(0), num_classes=4)
+    assert np.bincount(labels[idx]).tolist() == [4, 4, 5, 5]
+    assert balanced_draw(labels, 3, np.random.default_rng(0), num_classes=4) is None  # k < classes
+
+
+def test_subsample_is_as_balanced_as_the_classes_allow():
+    labels = np.array([0] * 10 + [1] * 200 + [2] * 200)
+    idx = balanced_subsample(labels, 129, np.random.default_rng(0))
+    assert len(set(idx.tolist())) == 129 and np.bincount(labels[idx]).tolist() == [10, 59, 60]
+    assert len(balanced_subsample(labels[:50], 129, np.random.default_rng(0))) == 50
+
+
 def test_baselines_separate_an_easy_problem():
     rng = np.random.default_rng(0)
     x = rng.standard_normal((80, 16)).astype(np.float32)
     y = (x[:, 0] > 0).astype(np.int64)
-    assert np.mean(probe(x[:40], y[:40], x[40:]) == y[40:]) > 0.85
-    assert np.mean(knn(5)(x[:40], y[:40], x[40:]) == y[40:]) > 0.6
+    for kind in ("unregularized", "sklearn_default"):
+        assert np.mean((probe(kind)(x[:40], y[:40], x[40:]) >= 0.5) == y[40:]) > 0.85
+    assert np.mean((knn(5)(x[:40], y[:40], x[40:]) >= 0.5) == y[40:]) > 0.6
+
+
+def test_the_default_probe_is_unregularized_as_in_the_tart_code():
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((18, 16))
+    y = (x[:, 0] > 0).astype(np.int64)  # 18 points in 16 dims: separable
+    queries = rng.standard_normal((50, 16))
+    free, l2 = probe()(x, y, queries), probe("sklearn_default")(x, y, queries)
+    # Without a penalty the fitted weights grow on separable data: confident probabilities.
+    assert np.mean(np.abs(free - 0.5)) > 0.4 > np.mean(np.abs(l2 - 0.5))
+    with pytest.raises(UserError, match="unknown probe 'l1'; choose from unregularized, sklearn_default"):
+        probe("l1")
+
+
+def test_one_vs_rest_picks_the_right_cluster_of_three():
+    rng = np.random.default_rng(4)
+    centres = 6 * np.eye(3, 16)
+    labels = np.repeat([0, 1, 2], 12)
+    x = centres[labels] + rng.standard_normal((36, 16))
+    queries = centres[[2, 0, 1]] + rng.standard_normal((3, 16))
+    for score in (probe(), knn(5)):
+        probs = class_probs(score, x, labels, queries, 3)
+        assert probs.shape == (3, 3) and np.allclose(probs.sum(1), 1.0)
+        assert np.argmax(probs, 1).tolist() == [2, 0, 1]
 
 
 def test_every_method_scores_every_k_on_the_same_queries():
@@ -60,7 +99,7 @@ def test_every_method_scores_every_k_on_the_same_queries():
                   [f"{y} {i}" for i, y in enumerate(labels[80:], 80)], labels[80:])
     config = TartEvalConfig(ks=(18, 32), draws=2)
     head = TartHead(TINY, rngs=nnx.Rngs(0))
-    results = evaluate_dataset(split, HashEncoder(), {"tart": tart(head), "probe": probe}, config, rng)
+    results = evaluate_dataset(split, HashEncoder(), {"tart": tart(head), "probe": probe()}, config, rng).accuracy
     assert set(results) == {18, 32} and all(len(v) == 2 for r in results.values() for v in r.values())
     assert np.mean(results[32]["probe"]) > 0.9
 
@@ -118,3 +157,25 @@ def test_minilm_eval_on_real_data_writes_table_and_plot(tmp_path, data_dir, monk
     run_eval(TartEvalConfig(run_dir=str(tmp_path), datasets=("RT", "OR"), ks=(18, 32), draws=2, queries=50, pool=100))
     table = (tmp_path / "table.md").read_text()
     assert "| RT |" in table and "| OR |" in table and (tmp_path / "accuracy.png").is_file()
+
+
+def test_catalog_sets_with_more_than_two_labels_load_for_one_vs_rest(data_dir, monkeypatch):
+    import gin
+
+    from tart.evaluate import load_split
+
+    gin.clear_config()  # bindings an in-process `tart eval` test left behind
+    monkeypatch.setenv("SYMTUNE_DATA_DIR", str(data_dir))
+    split = load_split("TREC", TartEvalConfig(queries=40, pool=200), np.random.default_rng(0))
+    assert split.label_names == ("abbreviation", "entity", "description", "human", "location", "number")
+    assert len(split.query_texts) == 40 and len(split.pool_texts) == 200
+    assert set(split.pool_labels.tolist()) == set(range(6))
+
+
+@pytest.mark.needs_torch
+def test_nothing_scored_is_one_line_and_exit_2(tmp_path, capsys):
+    data = tmp_path / "tiny.jsonl"
+    data.write_text("".join(json.dumps({"text": f"text {i}", "label": i % 2}) + "\n" for i in range(12)))
+    assert main(["eval", f"--data={data}", f"--run_dir={tmp_path / 'run'}", "--gin.TartEvalConfig.ks=(18,)"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "nothing was scored" in err[0] and "no k in (18,)" in err[0]

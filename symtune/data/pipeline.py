@@ -156,6 +156,13 @@ def host_rows(batch_size: int, shard_index: int | None, shard_count: int | None)
     return range(shard_index * per_host, (shard_index + 1) * per_host)
 
 
+def check_batch_shape(batch_size: int, seq_len: int, start_step: int = 0) -> None:
+    """A UserError unless batch_size >= 1, seq_len >= 8 and start_step >= 0."""
+    if seq_len < 8 or batch_size < 1 or start_step < 0:
+        raise UserError(f"need seq_len >= 8, batch_size >= 1, start_step >= 0 "
+                        f"(got {seq_len}, {batch_size}, {start_step})")
+
+
 @gin.configurable
 def train_batches(mixture_or_task: str = TUNING_MIXTURE,
                   vocabulary: str | seqio.Vocabulary = "default", *, batch_size: int,
@@ -173,9 +180,7 @@ def train_batches(mixture_or_task: str = TUNING_MIXTURE,
     datasets no source holds are left out (listed in `.missing`) instead of failing. `setting`
     renders the prompts: `symbols` (symbol tuning) or a baseline such as `instructions_natural`.
     """
-    if seq_len < 8 or batch_size < 1 or start_step < 0:
-        raise UserError(f"need seq_len >= 8, batch_size >= 1, start_step >= 0 "
-                        f"(got {seq_len}, {batch_size}, {start_step})")
+    check_batch_shape(batch_size, seq_len, start_step)
     if rows is None:
         rows = host_rows(batch_size, shard_index, shard_count)
     elif not rows or not all(0 <= r < batch_size for r in rows):
@@ -199,6 +204,9 @@ class TrainData:
     skip_missing: bool = False
     setting: str = TUNING_SETTING  # `instructions_natural` etc. for non-symbol baselines
     config: DataConfig = field(default_factory=DataConfig)
+
+    def __post_init__(self):
+        check_batch_shape(self.batch_size, self.seq_len)
 
     def batches(self, start_step: int = 0, shard_index: int | None = None,
                 shard_count: int | None = None, rows: Sequence[int] | None = None) -> TrainBatches:

@@ -3,8 +3,12 @@
 - `symbol_tuning_<abbr>`: endless symbol-tuning prompts from one tuning dataset's training split.
 - `symbol_tuning`: the Mixture over the 22, rates proportional to min(train size, 25K).
 - `symbol_eval_<abbr>_<setting>`: rendered evaluation prompts (the four settings, plus `flipped`
-  for binary datasets), with `candidates` and `answer` passed through for rank classification.
-- `bigbench_list_functions`, `bigbench_simp_turing_concept`: BIG-bench generation tasks.
+  for binary datasets), scored the T5X way: t5's `rank_classification` preprocessor expands each
+  prompt into one example per candidate label (`idx`, `is_correct`, the query's `index`), t5's
+  `rank_classification` postprocessor and metric give the accuracy, so `seqio.Evaluator` with any
+  model's `score_fn` evaluates them (see `symtune.data.ranking`).
+- `bigbench_list_functions`, `bigbench_simp_turing_concept`: BIG-bench generation tasks (text
+  features only; `symtune eval` scores them by exact match).
 
 Data are read lazily, when a dataset is first asked for, so registering is cheap and offline.
 """
@@ -22,6 +26,7 @@ from symtune.data.bigbench import BIGBENCH_TASKS, bigbench_examples
 from symtune.data.catalog import EVAL, MAX_TRAIN_EXAMPLES, TUNING, DatasetSpec
 from symtune.data.evalsets import EvalExample, eval_examples
 from symtune.data.prompts import SETTINGS, TUNING_SETTING, TuningMixture, get_setting, prompt_rng
+from symtune.data.ranking import examples_dataset, expand_candidates, rank_metric, rank_postprocessor
 from symtune.data.sources import DataConfig, DatasetNotFound, load_examples
 from symtune.data.symbols import tuning_pool
 from symtune.data.vocab import default_vocabulary
@@ -89,8 +94,6 @@ def _features(vocabulary: seqio.Vocabulary) -> dict[str, seqio.Feature]:
 
 
 _TEXT_SIGNATURE = {"inputs": tf.TensorSpec([], tf.string), "targets": tf.TensorSpec([], tf.string)}
-_EVAL_SIGNATURE = {**_TEXT_SIGNATURE, "candidates": tf.TensorSpec([None], tf.string),
-                   "answer": tf.TensorSpec([], tf.int32), "index": tf.TensorSpec([], tf.int32)}
 
 
 def _tuning_source(spec: DatasetSpec) -> seqio.DataSource:
@@ -114,21 +117,19 @@ def _tuning_source(spec: DatasetSpec) -> seqio.DataSource:
 def _eval_source(examples: Callable[[int], Iterable[EvalExample]]) -> seqio.DataSource:
     def dataset_fn(split: str, shuffle_files: bool, seed: int | None = None) -> tf.data.Dataset:
         del split, shuffle_files
-
-        def generate():
-            for ex in examples(seed or 0):
-                yield {"inputs": ex.inputs, "targets": ex.targets, "candidates": list(ex.candidates),
-                       "answer": ex.answer, "index": ex.index}
-
-        return tf.data.Dataset.from_generator(generate, output_signature=_EVAL_SIGNATURE)
+        return examples_dataset(lambda: examples(seed or 0))
 
     return seqio.FunctionDataSource(dataset_fn, splits=("validation",))
 
 
-def _add_task(name: str, source: seqio.DataSource, vocabulary: seqio.Vocabulary) -> None:
+def _add_task(name: str, source: seqio.DataSource, vocabulary: seqio.Vocabulary, *,
+              rank_classification: bool = False) -> None:
+    """A text-to-text Task; with `rank_classification`, one example per candidate and t5's metric."""
+    scoring = dict(postprocess_fn=rank_postprocessor, metric_fns=[rank_metric]) if rank_classification else {}
+    expand = [expand_candidates] if rank_classification else []
     seqio.TaskRegistry.remove(name)
     seqio.TaskRegistry.add(name, source, output_features=_features(vocabulary), preprocessors=[
-        seqio.preprocessors.tokenize, seqio.preprocessors.append_eos_after_trim])
+        *expand, seqio.preprocessors.tokenize, seqio.preprocessors.append_eos_after_trim], **scoring)
 
 
 def register_tasks(vocabulary: seqio.Vocabulary | None = None) -> list[str]:
@@ -145,7 +146,8 @@ def register_tasks(vocabulary: seqio.Vocabulary | None = None) -> list[str]:
         for setting in eval_settings(spec):
             examples = functools.partial(eval_examples, spec.name, setting)
             _add_task(eval_task_name(spec, setting),
-                      _eval_source(lambda seed, ex=examples: ex(seed=seed)), vocabulary)
+                      _eval_source(lambda seed, ex=examples: ex(seed=seed)), vocabulary,
+                      rank_classification=True)
             names.append(eval_task_name(spec, setting))
     for task in BIGBENCH_TASKS:
         _add_task(f"bigbench_{task}",

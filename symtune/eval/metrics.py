@@ -1,7 +1,13 @@
 """Scoring one unit: rank classification over the prompt's label set, BIG-bench exact match.
 
-Rank classification predicts the candidate with the highest summed log-probability (ties go to
-the first). BIG-bench answers are post-processed as BIG-bench does (`postprocess_output` in its
+Rank classification takes the path of the seqio `symbol_eval_*` tasks (`symtune.data.ranking`):
+t5's rank_classification preprocessor expands each example into one row per candidate, the
+model scores every row (the candidate's summed log-probability; a unit's rows in one `score`
+call), and t5's rank_classification postprocessor and metric decide each example: the candidate
+with the highest score wins, ties go to the first. `seqio_score_fn` puts a symtune Decoder behind
+`seqio.Evaluator` for those tasks.
+
+BIG-bench answers are post-processed as BIG-bench does (`postprocess_output` in its
 API): cut after the task's `stop_string` when it occurs past the start, then keep the first
 match of the task's `output_regex` ("" when nothing matches); a response is correct when it
 equals the target. Generation also stops at the exemplar separator, and what follows it (the
@@ -11,9 +17,10 @@ model's next made-up exemplar) is dropped before post-processing.
 from __future__ import annotations
 
 import functools
+import itertools
 import re
 from dataclasses import dataclass
-from typing import Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -22,6 +29,13 @@ from symtune.data.evalsets import EvalExample
 from symtune.data.prompts import EXEMPLAR_SEPARATOR
 from symtune.data.sources import DataConfig
 from symtune.eval.runner import LanguageModel
+
+if TYPE_CHECKING:
+    import tensorflow as tf
+
+    from symtune.eval.runner import DecoderModel
+
+ScoreFn = Callable[..., list[tuple[int, float]]]  # seqio.Evaluator's score_fn(dataset, model_feature_shapes)
 
 
 @dataclass(frozen=True)
@@ -56,14 +70,72 @@ def exact_match(response: str, target: str | Sequence[str]) -> bool:
     return response in ([target] if isinstance(target, str) else list(target))
 
 
+def score_pairs(model: LanguageModel, pairs: Sequence[tuple[int, str, str]]) -> np.ndarray:
+    """log P(candidate | inputs) of each (example id, inputs, candidate), from one `model.score` call.
+
+    Rows of one example id with the same inputs become one prompt with their candidates in order.
+    """
+    prompts: dict[tuple[int, str], list[int]] = {}
+    for row, (example, inputs, _) in enumerate(pairs):
+        prompts.setdefault((example, inputs), []).append(row)
+    logprob = model.score([inputs for _, inputs in prompts],
+                          [[pairs[r][2] for r in rows] for rows in prompts.values()])
+    scores = np.empty(len(pairs), np.float64)
+    for p, rows in enumerate(prompts.values()):
+        scores[rows] = logprob[p, :len(rows)]
+    return scores
+
+
+def _prompt_and_target(features: Mapping[str, np.ndarray]) -> tuple[list[int], list[int]]:
+    """A PrefixLM row's inputs (the tokens before the first loss-weighted one) and its targets."""
+    tokens, weighted = features["decoder_target_tokens"], features["decoder_loss_weights"] > 0
+    return tokens[:int(np.argmax(weighted))].tolist(), tokens[weighted].tolist()
+
+
+def seqio_score_fn(model: DecoderModel) -> ScoreFn:
+    """A `seqio.Evaluator` score_fn: each row's log P(targets | inputs) under a symtune Decoder.
+
+    It reads `seqio.DecoderFeatureConverter(pack=False)` features (inputs + targets, loss weights
+    on the targets) and scores them as `symtune eval` scores candidates, `model.batch_size` rows
+    per forward pass.
+    """
+
+    def score_fn(dataset: tf.data.Dataset, model_feature_shapes: Mapping[str, Any] | None = None
+                 ) -> list[tuple[int, float]]:
+        del model_feature_shapes
+        indices, prompts, targets = [], [], []
+        for i, features in dataset.as_numpy_iterator():
+            prompt, target = _prompt_and_target(features)
+            indices.append(int(i))
+            prompts.append(prompt)
+            targets.append([target])
+        if not indices:
+            return []
+        return list(zip(indices, model.score_ids(prompts, targets)[:, 0].tolist()))
+
+    return score_fn
+
+
 def rank_classify(model: LanguageModel, examples: Sequence[EvalExample]) -> list[dict]:
-    """One record per example: index, predicted candidate, answer."""
+    """One record per example: index, predicted candidate, answer, and t5's verdict (correct)."""
     if not examples:
         return []
-    logprob = model.score([e.inputs for e in examples], [e.candidates for e in examples])
-    predicted = np.argmax(logprob, axis=1)
-    return [{"index": e.index, "predicted": int(p), "answer": e.answer, "correct": int(p) == e.answer}
-            for e, p in zip(examples, predicted)]
+    from symtune.data.ranking import candidate_rows, rank_metric, rank_postprocessor
+
+    rows = candidate_rows(examples)
+    scores = score_pairs(model, [(int(r["idx"][0]), r["inputs"].decode(), r["targets"].decode())
+                                 for r in rows])
+    # The target tuple's length field holds the candidate's bytes here (seqio passes its tokens);
+    # only normalize_by_target_length reads it, and rank classification here sums, never averages.
+    targets = [rank_postprocessor(r["targets"], example=r, is_target=True) for r in rows]
+    records = []
+    for position, group in itertools.groupby(range(len(rows)), key=lambda r: int(rows[r]["idx"][0])):
+        group = list(group)
+        example, group_scores = examples[position], scores[group]
+        correct = rank_metric([targets[r] for r in group], group_scores.tolist())["accuracy"] == 100
+        records.append({"index": example.index, "predicted": int(np.argmax(group_scores)),
+                        "answer": example.answer, "correct": bool(correct)})
+    return records
 
 
 def generate_and_match(model: LanguageModel, examples: Sequence[EvalExample],

@@ -78,9 +78,14 @@ class DecoderModel:
 
     def score(self, inputs: Sequence[str], candidates: Sequence[Sequence[str]]) -> np.ndarray:
         encoded = [self._encode(text, options) for text, options in zip(inputs, candidates)]
+        return self.score_ids([p for p, _ in encoded], [c for _, c in encoded])
+
+    def score_ids(self, prompts: Sequence[Sequence[int]],
+                  candidates: Sequence[Sequence[Sequence[int]]]) -> np.ndarray:
+        """`score` over token ids: log P(candidate | prompt) [prompts, max candidates], -inf pads."""
         with self.context():
-            scores = score_continuations(self.model, [p for p, _ in encoded], [c for _, c in encoded],
-                                         batch_size=self.batch_size, prefix_lm=self.prefix_lm)
+            scores = score_continuations(self.model, prompts, candidates, batch_size=self.batch_size,
+                                         prefix_lm=self.prefix_lm)
         return scores.logprob
 
     def _decoding_prompt(self, text: str) -> list[int]:

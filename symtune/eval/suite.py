@@ -15,8 +15,8 @@ from typing import Callable, Iterator
 
 import gin
 
-from symtune.data.bigbench import (BIGBENCH_TASKS, LIST_FUNCTION_SUBTASKS, bigbench_examples,
-                                   list_functions)
+from symtune.data.bigbench import (BIGBENCH_TASKS, LIST_FUNCTION_SUBTASKS, RANDOM_TEMPLATE, bigbench_examples,
+                                   list_function_subtasks, list_function_template, list_functions)
 from symtune.data.catalog import EVAL, get_spec
 from symtune.data.evalsets import EvalExample, eval_examples
 from symtune.data.prompts import SETTINGS, Prompt, count_characters
@@ -38,7 +38,8 @@ class EvalConfig:
     settings: tuple[str, ...] = TABLE1_SETTINGS + (FLIPPED,)  # flipped runs on binary tasks only
     seeds: tuple[int, ...] = (0,)  # exemplar draws, templates and symbol mappings
     max_examples: int | None = None  # per unit and seed (None: all, at most 100 per dataset)
-    list_function_subtasks: int = len(LIST_FUNCTION_SUBTASKS)  # the first N of c001..c250
+    list_function_subtasks: int | tuple[str, ...] = len(LIST_FUNCTION_SUBTASKS)  # the first N of c001..c250, or names
+    list_function_template: str = RANDOM_TEMPLATE  # drawn per prompt, or a template's name ("Input/Output")
     max_length: int = 2048  # tokens of prompt + candidate; exemplars are dropped to fit
     max_decode_tokens: int = 32  # BIG-bench answers
     batch_size: int = 16
@@ -57,13 +58,16 @@ class EvalConfig:
             raise UserError(f"unknown evaluation setting {unknown[0]!r}; choose from {', '.join(SETTINGS)}")
         if not tasks:
             raise UserError("EvalConfig.tasks is empty; name at least one task")
-        for name in ("max_examples", "list_function_subtasks", "max_length", "max_decode_tokens",
-                     "batch_size"):
+        for name in ("max_examples", "max_length", "max_decode_tokens", "batch_size"):
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise UserError(f"EvalConfig.{name} must be positive (got {value})")
         if not self.seeds:
             raise UserError("EvalConfig.seeds is empty; give at least one seed")
+        subtasks = list_function_subtasks(self.list_function_subtasks)
+        list_function_template(self.list_function_template)
+        if not isinstance(self.list_function_subtasks, int):
+            object.__setattr__(self, "list_function_subtasks", subtasks)
         object.__setattr__(self, "tasks", tasks)
         object.__setattr__(self, "settings", settings)
         object.__setattr__(self, "seeds", tuple(int(s) for s in self.seeds))
@@ -116,8 +120,8 @@ def unit_examples(unit: Unit, seed: int, config: EvalConfig, budget: int | None 
     """The rendered examples of a unit for one seed (classification prompts fit `budget`)."""
     examples: Iterator[EvalExample]
     if unit.task == "list_functions":
-        subtasks = LIST_FUNCTION_SUBTASKS[:config.list_function_subtasks]
-        examples = list_functions(subtasks, seed=seed, config=config.data)
+        examples = list_functions(config.list_function_subtasks, seed=seed, config=config.data,
+                                  template=config.list_function_template)
     elif unit.generative:
         examples = bigbench_examples(unit.task, seed, config.data)
     else:

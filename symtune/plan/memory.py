@@ -93,8 +93,6 @@ def layout_from_config(mesh: MeshConfig, chips: int, remat: str, microbatches: i
     except UserError as e:
         sizes = ", ".join(map(str, divisors(chips)))
         raise UserError(f"{e}; on {chips} chips use axis sizes from {sizes}") from None
-    if mesh.rules not in RULE_PRESETS:
-        raise UserError(f"unknown sharding rules {mesh.rules!r}; choose from {', '.join(RULE_PRESETS)}")
     return Layout(**sizes, rules=mesh.rules, remat=remat, microbatches=microbatches)
 
 

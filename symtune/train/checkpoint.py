@@ -19,10 +19,14 @@ at the same steps, with its own shards; orbax coordinates the writes and the com
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
+import os
+import re
 import signal
+import sys
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -97,6 +101,7 @@ class Checkpointer:
             cleanup_tmp_directories=True,
         )
         self._manager = ocp.CheckpointManager(self.directory, options=options)
+        _quiet_echoes_of_failed_writes()
         self._owns_preemption_handler = False
         self._saving: int | None = None  # the step of the last save started, named if it fails
         self._save_error_reported = False
@@ -283,6 +288,42 @@ class CorruptCheckpoint(UserError):
         self.step, self.reason, self.moved_to = step, reason, moved_to
 
 
+def _quiet_echoes_of_failed_writes() -> None:
+    """When one write of a save fails (disk full, permission, bucket), orbax's threads log it,
+    asyncio logs each sibling write's failure, and tensorstore's late callbacks into orbax's closed
+    event loop print tracebacks: hundreds of lines for one error, which the save reports itself
+    (and the CLI as one line). Those echoes are dropped; everything else passes."""
+    global _echoes_quiet
+    if _echoes_quiet:
+        return
+    _echoes_quiet = True
+    logging.getLogger("absl").addFilter(_not_an_echo)
+    logging.getLogger("asyncio").addFilter(_not_an_echo)
+    sys.unraisablehook = _skipping_closed_loop_callbacks(sys.unraisablehook)
+    sys.excepthook = _skipping_closed_loop_callbacks(sys.excepthook)
+
+
+_echoes_quiet = False
+
+
+def _not_an_echo(record: logging.LogRecord) -> bool:
+    message = str(record.msg)
+    return not ("_SignalingThread.run() raised an exception" in message
+                or message.split("\n", 1)[0].endswith("exception was never retrieved"))
+
+
+def _skipping_closed_loop_callbacks(hook):
+    """`hook`, except for a callback from native code into a closed asyncio loop."""
+    def filtered(*args):
+        error, tb = (args[0].exc_value, args[0].exc_traceback) if len(args) == 1 else (args[1], args[2])
+        if (isinstance(error, RuntimeError) and str(error) == "Event loop is closed" and tb is not None
+                and tb.tb_frame.f_code.co_name == "call_soon_threadsafe"):
+            return
+        hook(*args)
+
+    return filtered
+
+
 def is_complete_step(step_dir: epath.Path) -> bool:
     return (step_dir / COMMIT_MARKER).exists()
 
@@ -294,9 +335,24 @@ def _free_name(path: epath.Path, suffix: str) -> epath.Path:
     return target
 
 
+# How tensorstore ends a message about a failed system call: "...: File too large [os_error_code='27']".
+_OS_ERROR = re.compile(r"([^:\]]+) \[os_error_code='?(\d+)'?\]")
+
+
+_STORAGE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EACCES, errno.EPERM, errno.EROFS, errno.EIO)
+
+
 def _describe(error: BaseException) -> str:
+    """The error in a few words: the operating system's reason where one is known."""
     text = " ".join(str(error).split()) or type(error).__name__
-    return f"{type(error).__name__}: {text[:200]}"
+    if isinstance(error, OSError) and error.strerror:
+        return f"{error.strerror} (errno {error.errno})" + (f": {error.filename}" if error.filename else "")
+    if match := _OS_ERROR.search(text):
+        return f"{match.group(1).strip()} (errno {match.group(2)})"
+    for code in _STORAGE_ERRNOS:  # tensorstore does not always append the code
+        if os.strerror(code) in text:
+            return f"{os.strerror(code)} (errno {code})"
+    return f"{type(error).__name__}: {text if len(text) <= 240 else text[:120] + ' ... ' + text[-120:]}"
 
 
 def _any_process(flag: bool) -> bool:

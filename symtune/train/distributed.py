@@ -219,6 +219,9 @@ def initialize(
     every other process exit with one line naming it (`watch_processes`), instead of waiting in a
     collective for it; JAX's own, later check (which aborts with a stack trace) is the backstop.
     """
+    if initialization_timeout_s < 1 or heartbeat_timeout_s < 1:
+        raise UserError(f"initialize: timeouts must be >= 1 s (got initialization_timeout_s="
+                        f"{initialization_timeout_s}, heartbeat_timeout_s={heartbeat_timeout_s})")
     launch = resolve_launch(mode, coordinator_address, num_processes, process_id, local_device_ids)
     if jax.distributed.is_initialized():
         _check_same_job(launch)

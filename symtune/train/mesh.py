@@ -72,9 +72,8 @@ class MeshConfig:
     replica: int = 1
     rules: str = "dp"
 
-    def axis_sizes(self, device_count: int) -> dict[str, int]:
-        """The four axis sizes with -1 resolved; a UserError when they cannot cover the devices."""
-        sizes = {"replica": self.replica, "data": self.data, "fsdp": self.fsdp, "tensor": self.tensor}
+    def __post_init__(self):
+        sizes = self._sizes()
         free = [name for name, size in sizes.items() if size == -1]
         bad = [f"{name}={size}" for name, size in sizes.items() if size == 0 or size < -1]
         if bad or len(free) > 1:
@@ -82,6 +81,15 @@ class MeshConfig:
                 f"mesh {self._describe(sizes)}: each axis size must be positive, with at most one -1 "
                 f"(got {', '.join(bad) or ' and '.join(free) + ' = -1'})"
             )
+        logical_rules(self.rules)
+
+    def _sizes(self) -> dict[str, int]:
+        return {"replica": self.replica, "data": self.data, "fsdp": self.fsdp, "tensor": self.tensor}
+
+    def axis_sizes(self, device_count: int) -> dict[str, int]:
+        """The four axis sizes with -1 resolved; a UserError when they cannot cover the devices."""
+        sizes = self._sizes()
+        free = [name for name, size in sizes.items() if size == -1]
         fixed = math.prod(size for size in sizes.values() if size != -1)
         if free:
             if device_count % fixed:
