@@ -116,8 +116,16 @@ def scratch(tmp_path_factory, data_dir) -> Path:
     return root
 
 
-@pytest.mark.parametrize("program, args, expected", [case[1:] for case in BAD_INPUTS],
-                         ids=[case[0] for case in BAD_INPUTS])
+# The default suite drives these through the CLI (~10 s each); the rest run with `-m slow`.
+DEFAULT_SUITE = {"batch size of the wrong type", "batch the mesh does not divide", "keep out of range",
+                 "impossible mesh", "missing data directory", "truncated dataset file",
+                 "eval of a directory that is no run", "unknown topology", "missing TART head",
+                 "missing TART data file"}
+
+
+@pytest.mark.parametrize("program, args, expected", [
+    pytest.param(*case[1:], id=case[0], marks=() if case[0] in DEFAULT_SUITE else pytest.mark.slow)
+    for case in BAD_INPUTS])
 def test_a_bad_input_is_one_line_exit_2_and_writes_nothing(scratch, program, args, expected, data_dir):
     before = listing(scratch)
     args = [a.format(tmp=scratch, data=data_dir) for a in args]
