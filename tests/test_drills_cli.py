@@ -148,11 +148,12 @@ def test_a_save_the_filesystem_refuses_is_one_line_and_the_next_start_resumes_fr
     assert first.returncode == 0, first.stderr[-3000:]
     step_2 = run_dir / "checkpoints" / "2"
     saved = listing(step_2)
-    # Orbax writes array data in files of ~0.1-3 MB here; every other file a run writes (configs,
-    # metadata, TensorBoard events) stays under 64 KiB.
-    limit = 256 * 1024
+    # Orbax writes ~4.5 MB of array data in files of ~0.03-3 MB here (how it splits them varies
+    # from run to run); every other file a run writes (configs, metadata, TensorBoard events)
+    # stays under 32 KiB.
+    limit = 128 * 1024
     data = [size for name, size in saved.items() if "/d/" in name]
-    assert sum(size > 4 * limit for size in data) >= 2
+    assert sum(data) > 16 * limit and max(data) > 4 * limit, data
     assert max(size for name, size in saved.items() if "/d/" not in name) < limit // 4
     full = cli("symtune", "train", *common, "--gin.TrainerConfig.steps=4", cwd=tmp_path,
                limit_file_bytes=limit)
