@@ -61,11 +61,11 @@ def build_top_parser(prog: str, description: str, commands: Sequence[Command]) -
 def run_cli(prog: str, description: str, commands: Sequence[Command], argv: Sequence[str] | None) -> int:
     """Parses argv, applies gin, runs the command; user mistakes are one line on stderr, exit 2."""
     from symtune.config import parse_gin, print_config, split_gin_overrides
-    from symtune.hostenv import (HostConfig, apply_host_config, hide_native_log_lines, quiet_tensorflow,
+    from symtune.hostenv import (HostConfig, apply_host_config, quiet_console, quiet_tensorflow,
                                  retain_freed_memory, runs_on_cpu_only)
 
     if argv is None:  # a process of its own (not a library caller's): its stderr is the CLI's to filter
-        hide_native_log_lines()
+        quiet_console()
     quiet_tensorflow()  # before any command module imports TensorFlow
     if runs_on_cpu_only():
         # No TPU or GPU here: JAX skips the installed TPU/CUDA plugins' failing start-up probes.

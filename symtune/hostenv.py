@@ -4,14 +4,15 @@ import atexit
 import ctypes
 import ctypes.util
 import glob
+import logging
 import os
-import re
+import subprocess
 import sys
-import threading
 from dataclasses import dataclass
 
 import gin
 
+from symtune import stderr_filter
 from symtune.errors import UserError
 
 # Set by the local multi-process launcher: each process's simulated device count, which wins
@@ -61,77 +62,97 @@ def simulate_cpu_devices(count: int) -> None:
 
 
 ENV_VERBOSE = "SYMTUNE_VERBOSE"
-# A native library's log line (absl/glog format): severity, MMDD, time (before absl is initialised,
-# "00:00:<epoch seconds>"), thread id, file:line].
-_NATIVE_LOG = re.compile(rb"[IW]\d{4} \d\d:\d\d:\d+\.\d+ +\d+ [\w.+-]+:\d+\] ")
-_ABSL_PREINIT = b"WARNING: All log messages before absl::InitializeLog() is called are written to STDERR"
 
 
-def hide_native_log_lines() -> bool:
+def quiet_console() -> bool:
+    """The CLI's stderr policy, for processes it owns (not a library caller's): native libraries'
+    start-up lines and the echoes of a failed checkpoint write are dropped; `SYMTUNE_VERBOSE=1`
+    leaves stderr alone. True if applied."""
+    if os.environ.get(ENV_VERBOSE, "") not in ("", "0"):
+        return False
+    hide_native_log_lines()
+    hide_echoes_of_failed_writes()
+    return True
+
+
+def hide_native_log_lines() -> None:
     """Keeps the INFO and WARNING lines that TensorFlow, XLA and their plugins write to stderr
     (oneDNN notices, "Could not find cuda drivers", absl's pre-init warning) off the console;
     their errors (E/F lines), Python's output and anything else pass through as they come.
 
-    The native code writes to file descriptor 2 itself, so fd 2 becomes a pipe that a thread reads
-    and forwards line by line; at exit the rest is drained. `SYMTUNE_VERBOSE=1` leaves stderr
-    alone. For processes the CLI owns (not a library caller's). True if applied.
+    The native code writes to file descriptor 2 itself, so fd 2 becomes a pipe read by a small
+    filter process (`symtune.stderr_filter`) that forwards line by line and outlives this one: the
+    last lines of a crash (an abort's message) reach the console too.
     """
-    if os.environ.get(ENV_VERBOSE, "") not in ("", "0"):
-        return False
     sys.stderr.flush()
     console = os.dup(2)
     read_end, write_end = os.pipe()
+    # Its own session: Ctrl-C and signals sent to this process group leave it forwarding until
+    # every writer is gone (end of file), so the lines written while stopping are not lost.
+    forwarder = subprocess.Popen([sys.executable, "-I", "-S", stderr_filter.__file__], stdin=read_end,
+                                 stdout=console, stderr=console, close_fds=True, start_new_session=True)
+    os.close(read_end)
     os.dup2(write_end, 2)
     os.close(write_end)
-    forwarder = threading.Thread(target=_forward_lines, args=(read_end, console), daemon=True,
-                                 name="native-log-filter")
-    forwarder.start()
 
     def restore() -> None:
         sys.stderr.flush()
-        os.dup2(console, 2)  # closes the pipe's last write end: the forwarder drains it and stops
-        forwarder.join(timeout=5)
+        os.dup2(console, 2)  # closes this process's write end: the filter drains the pipe and ends
+        try:
+            forwarder.wait(timeout=5)
+        except subprocess.TimeoutExpired:  # a child of ours still holds the pipe: it keeps forwarding
+            pass
 
     global _restore_stderr
     _restore_stderr = restore
     atexit.register(restore)
-    return True
 
 
 _restore_stderr = None
 
 
 def restore_stderr() -> None:
-    """Puts the console back on fd 2 after forwarding what the filter holds: for exits that skip
-    atexit (os._exit)."""
+    """Puts the console back on fd 2 after the filter has forwarded what it holds: for exits that
+    skip atexit (os._exit)."""
     if _restore_stderr is not None:
         _restore_stderr()
 
 
-def _forward_lines(read_end: int, console: int) -> None:
-    pending = b""
-    while chunk := os.read(read_end, 65536):
-        *lines, pending = (pending + chunk).split(b"\n")
-        kept = [line + b"\n" for line in lines if not _is_native_chatter(line)]
-        # A fragment that cannot become a native log line (a progress bar, a prompt) goes out now.
-        if pending and not _may_be_native_chatter(pending):
-            kept.append(pending)
-            pending = b""
-        if kept:
-            os.write(console, b"".join(kept))
-    if pending and not _is_native_chatter(pending):
-        os.write(console, pending)
-    os.close(read_end)
+def hide_echoes_of_failed_writes() -> None:
+    """When one write of a save fails (disk full, permission, bucket), orbax's threads log it,
+    asyncio logs each sibling write's failure, and tensorstore's late callbacks into orbax's closed
+    event loop print tracebacks: hundreds of lines for one error, which the save reports itself
+    (and the CLI as one line). Those echoes are dropped; everything else passes. Process-wide."""
+    global _echoes_quiet
+    if _echoes_quiet:
+        return
+    _echoes_quiet = True
+    logging.getLogger("absl").addFilter(_not_an_echo)
+    logging.getLogger("asyncio").addFilter(_not_an_echo)
+    sys.unraisablehook = _skipping_closed_loop_callbacks(sys.unraisablehook)
+    sys.excepthook = _skipping_closed_loop_callbacks(sys.excepthook)
 
 
-def _is_native_chatter(line: bytes) -> bool:
-    return line.startswith(_ABSL_PREINIT) or bool(_NATIVE_LOG.match(line))
+_echoes_quiet = False
 
 
-def _may_be_native_chatter(fragment: bytes) -> bool:
-    """Whether the start of a line could still turn out to be native chatter."""
-    head = fragment[:len(_ABSL_PREINIT)]
-    return _ABSL_PREINIT.startswith(head) or bool(re.match(rb"[IW](\d|$)", fragment))
+def _not_an_echo(record: logging.LogRecord) -> bool:
+    message = str(record.msg)
+    return not ("_SignalingThread.run() raised an exception" in message
+                or message.split("\n", 1)[0].endswith("exception was never retrieved"))
+
+
+def _skipping_closed_loop_callbacks(hook):
+    """`hook`, except for a callback from native code into a closed asyncio loop."""
+    def filtered(*args):
+        error, tb = (args[0].exc_value, args[0].exc_traceback) if len(args) == 1 else (args[1], args[2])
+        if (isinstance(error, RuntimeError) and str(error) == "Event loop is closed" and tb is not None
+                and tb.tb_frame.f_code.co_name == "call_soon_threadsafe"):
+            return
+        hook(*args)
+
+    return filtered
+
 
 
 def quiet_tensorflow() -> None:

@@ -49,6 +49,20 @@ def data_dir() -> Path:
     return path
 
 
+@pytest.fixture(scope="module")
+def registered(data_dir):
+    """The symtune seqio tasks and mixtures, registered over the real data bundle."""
+    from symtune.data.tasks import register_tasks
+
+    old = os.environ.get("SYMTUNE_DATA_DIR")
+    os.environ["SYMTUNE_DATA_DIR"] = str(data_dir)  # seqio Tasks read the configured directory
+    yield register_tasks()
+    if old is None:
+        os.environ.pop("SYMTUNE_DATA_DIR")
+    else:
+        os.environ["SYMTUNE_DATA_DIR"] = old
+
+
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return REPO_ROOT

@@ -24,7 +24,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from jax.sharding import NamedSharding, PartitionSpec as P  # noqa: E402
 
-from symtune.train import checkpoint, distributed  # noqa: E402
+from symtune.train import checkpoint, distributed, preemption  # noqa: E402
 from symtune.train.mesh import MeshConfig, batch_sharding, make_mesh, process_batch_rows  # noqa: E402
 
 GLOBAL_ROWS, COLS = 16, 8
@@ -51,7 +51,7 @@ def main(run_dir: str) -> None:
     w = jax.device_put(weights(), NamedSharding(mesh, P(None, "tensor")))
     total = float(jax.jit(jnp.sum, out_shardings=NamedSharding(mesh, P()))(x @ w))
 
-    checkpoint.install_preemption_handler()
+    preemption.install_preemption_handler()
     ckpt = checkpoint.Checkpointer(run_dir, checkpoint.CheckpointConfig(save_every_steps=0, keep=2))
     saved_at = None
     for step in range(1, MAX_STEPS):
@@ -63,7 +63,7 @@ def main(run_dir: str) -> None:
             state = {"step": jax.device_put(np.int32(step), replicated), "params": {"w": w}, "x": x}
             ckpt.save(step, state, {"start_step": step, "seed": 7})
             saved_at = step
-        if checkpoint.preemption_requested(step):
+        if preemption.preemption_requested(step):
             break
     ckpt.close()
     print(json.dumps({

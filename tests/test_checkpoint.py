@@ -14,7 +14,7 @@ import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from symtune.errors import UserError
-from symtune.train import checkpoint
+from symtune.train import checkpoint, preemption
 from symtune.train.checkpoint import CheckpointConfig, Checkpointer, export_params, restore_params
 from symtune.train.mesh import MeshConfig, make_mesh
 
@@ -143,21 +143,21 @@ def test_should_save_every_n_steps_and_save_respects_it(tmp_path):
 
 def test_sigterm_requests_a_save_at_the_next_step(tmp_path):
     before = signal.getsignal(signal.SIGTERM)
-    checkpoint.install_preemption_handler()
+    preemption.install_preemption_handler()
     try:
         with Checkpointer(tmp_path, CheckpointConfig(save_every_steps=100)) as ckpt:
-            assert not checkpoint.preemption_requested(6) and not ckpt.should_save(7)
+            assert not preemption.preemption_requested(6) and not ckpt.should_save(7)
             os.kill(os.getpid(), signal.SIGTERM)
             deadline = time.monotonic() + 5
-            while not checkpoint.preemption_requested(7) and time.monotonic() < deadline:
+            while not preemption.preemption_requested(7) and time.monotonic() < deadline:
                 time.sleep(0.01)
-            assert checkpoint.preemption_requested(7)
-            assert ckpt.should_save(7) and checkpoint.preemption_requested(8)  # stays requested
+            assert preemption.preemption_requested(7)
+            assert ckpt.should_save(7) and preemption.preemption_requested(8)  # stays requested
             assert ckpt.preemption_requested()  # a single process may leave out the step
     finally:
-        checkpoint.remove_preemption_handler()
+        preemption.remove_preemption_handler()
     assert signal.getsignal(signal.SIGTERM) == before
-    assert not checkpoint.preemption_requested(9)
+    assert not preemption.preemption_requested(9)
 
 
 def test_export_params_in_bf16_restores_on_another_mesh(tmp_path):

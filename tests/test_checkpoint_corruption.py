@@ -15,6 +15,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from symtune.errors import UserError
 from symtune.train import checkpoint
+from symtune.train.fingerprints import fingerprints
 from symtune.train.checkpoint import CheckpointConfig, Checkpointer, CorruptCheckpoint, restore_params
 from test_checkpoint import abstract_on, assert_same_values, make_state, mesh_of
 
@@ -105,6 +106,21 @@ def test_damaged_newest_step_is_set_aside_and_the_previous_one_restored(saved_ru
         assert len(lines) == 1 and lines[0].startswith("checkpoint step 2 is corrupt ("), lines
 
 
+def test_a_bug_while_restoring_does_not_set_aside_a_good_step(saved_run, tmp_path, monkeypatch):
+    from symtune.train import fingerprints as fingerprints_module
+
+    def broken(*args, **kwargs):
+        raise TypeError("a bug in symtune, not damage")
+
+    copy = copy_run(saved_run[0], tmp_path / "run")
+    monkeypatch.setattr(fingerprints_module, "verify", broken)
+    with Checkpointer(copy) as ckpt:
+        with pytest.raises(TypeError, match="a bug in symtune"):
+            ckpt.restore(None, abstract_on(mesh_of(2, 4), saved_run[1][2]))
+        assert ckpt.complete_steps() == [1, 2]
+    assert sorted(p.name for p in (copy / "checkpoints").iterdir()) == ["1", "2"]
+
+
 def test_per_process_write_logs_are_not_read(saved_run, tmp_path):
     copy = copy_run(saved_run[0], tmp_path / "run")
     for log_dir in (copy / "checkpoints" / "2" / "state").glob("ocdbt.process_*"):
@@ -116,8 +132,8 @@ def test_per_process_write_logs_are_not_read(saved_run, tmp_path):
 
 def test_fingerprints_catch_one_flipped_bit_and_do_not_depend_on_the_mesh():
     state = state_at(mesh_of(2, 4), 3)
-    prints = checkpoint.fingerprints(state)
-    assert prints == checkpoint.fingerprints(abstract_on(mesh_of(8, 1), state) and
+    prints = fingerprints(state)
+    assert prints == fingerprints(abstract_on(mesh_of(8, 1), state) and
                                              jax.device_put(state, jax.tree.map(lambda a: a.sharding,
                                                                                 abstract_on(mesh_of(8, 1), state))))
     for name in ("params/dense", "params/bf16", "counts"):
@@ -128,10 +144,10 @@ def test_fingerprints_catch_one_flipped_bit_and_do_not_depend_on_the_mesh():
         bits = host.view(np.uint16 if host.dtype.itemsize == 2 else np.uint32)
         bits.reshape(-1)[7] ^= 1
         flipped = jax.device_put(host, leaf.sharding)
-        assert checkpoint.fingerprints({"x": flipped})["x"] != checkpoint.fingerprints({"x": leaf})["x"], name
+        assert fingerprints({"x": flipped})["x"] != fingerprints({"x": leaf})["x"], name
     # Swapping two elements keeps the plain sum; the position-weighted parts must still differ.
     v = jnp.arange(8, dtype=jnp.float32)
-    assert checkpoint.fingerprints({"x": v})["x"] != checkpoint.fingerprints({"x": v[::-1]})["x"]
+    assert fingerprints({"x": v})["x"] != fingerprints({"x": v[::-1]})["x"]
 
 
 def test_an_explicit_corrupt_step_is_set_aside_and_reported(saved_run, tmp_path, capsys):
@@ -166,6 +182,33 @@ def test_params_restore_of_a_corrupt_step_refuses_with_one_line(saved_run, tmp_p
         restore_params(step_dir, abstract_on(mesh_of(2, 4), params))
     assert len(str(caught.value).splitlines()) == 1 and str(caught.value).startswith(f"checkpoint {step_dir} is corrupt: ")
     assert step_dir.is_dir()  # eval and export only read; they never move a run's checkpoints
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, None])
+def test_a_damaged_params_export_refuses_with_one_line(tmp_path, dtype):
+    from symtune.train.checkpoint import EXPORT_FINGERPRINTS, export_params
+
+    params = state_at(mesh_of(2, 4), 3)["params"]
+    out = export_params(params, tmp_path / "export", dtype=dtype)
+    assert (out / EXPORT_FINGERPRINTS).is_file()
+    target = abstract_on(mesh_of(4, 2), params)
+    as_exported = jax.tree.map(lambda x: x.astype(dtype).astype(x.dtype) if dtype and x.dtype.kind == "f" else x, params)
+    assert_same_values(restore_params(out, target), as_exported)
+    for trial in range(5):
+        copy = Path(shutil.copytree(out, tmp_path / f"trial{trial}"))
+        rng = np.random.default_rng(trial)
+        for data_file in (copy / "d").iterdir():
+            overwrite_random_bytes(data_file, rng)
+        with pytest.raises(CorruptCheckpoint) as caught:
+            restore_params(copy, target)
+        assert len(str(caught.value).splitlines()) == 1 and str(caught.value).startswith(f"checkpoint {copy} is corrupt: ")
+    # Files that decode but are not what was saved (another export's, copied over it): only the
+    # fingerprints can tell.
+    other = export_params(state_at(mesh_of(2, 4), 4)["params"], tmp_path / "other", dtype=dtype)
+    mixed = Path(shutil.copytree(other, tmp_path / "mixed"))
+    shutil.copy(out / EXPORT_FINGERPRINTS, mixed / EXPORT_FINGERPRINTS)
+    with pytest.raises(CorruptCheckpoint, match=r"is corrupt: array \S+ differs from what was saved"):
+        restore_params(mixed, target)
 
 
 def test_a_failing_save_is_one_line_and_keeps_the_previous_step(tmp_path, monkeypatch):

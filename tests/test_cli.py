@@ -125,11 +125,11 @@ def test_symtune_verbose_shows_the_native_libraries_start_up_lines():
 def test_the_filter_drops_native_info_and_warnings_and_passes_everything_else(tmp_path):
     import threading
 
-    from symtune.hostenv import _forward_lines
+    from symtune.stderr_filter import forward_lines
 
     read_end, write_end = os.pipe()
     out = open(tmp_path / "console", "wb")
-    forwarder = threading.Thread(target=_forward_lines, args=(read_end, out.fileno()))
+    forwarder = threading.Thread(target=forward_lines, args=(read_end, out.fileno()))
     forwarder.start()
     for chunk in [b"WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\n",
                   b"I0000 00:00:1796249343.048882    5077 cudart_stub.cc:31] Could not find cuda drivers\n",
@@ -143,6 +143,20 @@ def test_the_filter_drops_native_info_and_warnings_and_passes_everything_else(tm
     assert (tmp_path / "console").read_bytes() == (
         b"E0000 00:00:1796245219.110685    2393 common_lib.cc:554] INVALID_ARGUMENT\n"
         b"Traceback (most recent call last):\nstep 10/100\r")
+
+
+def test_the_last_lines_of_a_process_that_aborts_reach_the_console():
+    # A native fatal error writes its message to fd 2 and aborts at once: the filter must outlive
+    # the process to forward it (a thread of the dying process would lose it).
+    code = ("import os, sys; from symtune.hostenv import hide_native_log_lines; hide_native_log_lines(); "
+            "os.write(2, b'I0000 00:00:1796249343.048882 5077 cudart_stub.cc:31] chatter\\n'); "
+            "os.write(2, b'F0000 00:00:1796249343.048882 5077 pair.cc:459] fatal: peer gone\\n'); "
+            "os.write(2, b'terminate called after throwing an instance of gloo::EnforceNotMet\\n'); os.abort()")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=60,
+                          env={k: v for k, v in os.environ.items() if k != "SYMTUNE_VERBOSE"})
+    assert proc.returncode == -6
+    assert proc.stderr == (b"F0000 00:00:1796249343.048882 5077 pair.cc:459] fatal: peer gone\n"
+                           b"terminate called after throwing an instance of gloo::EnforceNotMet\n")
 
 
 @pytest.mark.parametrize("binding, message", [

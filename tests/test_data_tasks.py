@@ -1,7 +1,6 @@
 """seqio Tasks over real data, evaluation examples, and BIG-bench."""
 
 import itertools
-import os
 
 import pytest
 import seqio
@@ -9,22 +8,11 @@ import seqio
 from symtune.data.bigbench import list_functions, simp_turing_concept
 from symtune.data.catalog import EVAL, TUNING
 from symtune.data.evalsets import eval_examples
-from symtune.data.tasks import (TUNING_MIXTURE, eval_settings, eval_task_name, register_tasks,
+from symtune.data.tasks import (TUNING_MIXTURE, eval_settings, eval_task_name,
                                 tuning_task_name)
 from symtune.data.sources import DataConfig
 from symtune.data.vocab import default_vocabulary
 from symtune.errors import UserError
-
-
-@pytest.fixture(scope="module")
-def registered(data_dir):
-    old = os.environ.get("SYMTUNE_DATA_DIR")
-    os.environ["SYMTUNE_DATA_DIR"] = str(data_dir)  # seqio Tasks read the configured directory
-    yield register_tasks()
-    if old is None:
-        os.environ.pop("SYMTUNE_DATA_DIR")
-    else:
-        os.environ["SYMTUNE_DATA_DIR"] = old
 
 
 def test_registry_has_a_task_per_dataset_and_setting(registered):

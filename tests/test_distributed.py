@@ -138,10 +138,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.multiprocess
-def test_two_processes_save_one_checkpoint_that_one_process_restores(tmp_path):
-    from multihost_worker import global_values, weights
-
+def run_two_workers(worker: Path, run_dir: Path) -> list[tuple[dict, str]]:
+    """Runs `worker RUN_DIR` as processes 0 and 1 of one job: (its JSON line, its stdout) each."""
     port = free_port()
     procs = []
     for process_id in range(2):
@@ -152,7 +150,7 @@ def test_two_processes_save_one_checkpoint_that_one_process_restores(tmp_path):
             "SYMTUNE_PROCESS_ID": str(process_id),
         }
         procs.append(subprocess.Popen(
-            [sys.executable, str(WORKER), str(tmp_path)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            [sys.executable, str(worker), str(run_dir)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             text=True,
         ))
     results = []
@@ -160,13 +158,20 @@ def test_two_processes_save_one_checkpoint_that_one_process_restores(tmp_path):
         for proc in procs:
             out, err = proc.communicate(timeout=120)
             assert proc.returncode == 0, f"worker failed:\n{err[-3000:]}"
-            results.append(json.loads([line for line in out.splitlines() if line.startswith("{")][-1]))
+            results.append((json.loads([line for line in out.splitlines() if line.startswith("{")][-1]), out))
     finally:
         for proc in procs:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
+    return results
 
+
+@pytest.mark.multiprocess
+def test_two_processes_save_one_checkpoint_that_one_process_restores(tmp_path):
+    from multihost_worker import global_values, weights
+
+    results = [result for result, _ in run_two_workers(WORKER, tmp_path)]
     w = weights()
     for result in results:
         assert result["launch"] == "explicit" and result["devices"] == 8
@@ -189,6 +194,27 @@ def test_two_processes_save_one_checkpoint_that_one_process_restores(tmp_path):
     np.testing.assert_array_equal(np.asarray(state["x"]), global_values())
     np.testing.assert_array_equal(np.asarray(state["params"]["w"]), w)
     assert state["x"].sharding == abstract["x"].sharding
+
+
+@pytest.mark.multiprocess
+def test_two_processes_agree_to_set_aside_a_step_that_only_one_of_them_reads_as_damaged(tmp_path):
+    from multihost_restore_worker import abstract_state
+    from multihost_worker import global_values, weights
+
+    from symtune.train.checkpoint import CheckpointConfig
+
+    mesh = make_mesh(MeshConfig(data=8, tensor=1))
+    with Checkpointer(tmp_path, CheckpointConfig(save_every_steps=1)) as ckpt:
+        for step in (1, 2):
+            values = {"step": np.int32(step), "params": {"w": weights() + step}, "x": global_values() * step}
+            ckpt.save(step, jax.tree.map(lambda v, a: jax.device_put(v, a.sharding), values, abstract_state(mesh)),
+                      {"start_step": step})
+    results = run_two_workers(WORKER.with_name("multihost_restore_worker.py"), tmp_path)
+    for result, _ in results:  # process 1 alone read step 2 as damaged; both went back to step 1
+        assert result["step"] == 1 and result["data"] == {"start_step": 1} and result["complete"] == [1], result
+        assert result["total"] == global_values().sum() + (weights() + 1).sum()
+    assert "checkpoint step 2 is corrupt (another process could not read it); set aside as" in results[0][1]
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["1", "2.corrupt"]
 
 
 ROWS_SCRIPT = """
@@ -228,6 +254,39 @@ def test_a_batch_the_mesh_batch_axes_do_not_divide_names_the_numbers_and_the_fix
         process_batch_rows(make_mesh(MeshConfig(data=8)), 7)
     assert process_batch_rows(make_mesh(MeshConfig(data=8)), 16) == list(range(16))
     assert process_batch_rows(make_mesh(MeshConfig(data=1, tensor=8)), 4) == [0, 1, 2, 3]
+
+
+# std::terminate from a native thread, as gloo's transport thread ends when a peer dies mid-message.
+_TERMINATE_IN_A_NATIVE_THREAD = """
+import ctypes, os, sys, threading, time
+from symtune.train import distributed
+distributed._watch_timeout_s = 1.0
+distributed._watching.set()  # as watch_processes leaves it
+distributed._hold_native_aborts()
+if sys.argv[1] == "lost":  # the watcher's part, as when it finds a process gone
+    threading.Timer(0.5, lambda: (print("lost process 1 of 2", file=sys.stderr, flush=True), os._exit(75))).start()
+if sys.argv[1] == "finished":  # as distributed.finished() leaves it
+    distributed._watching.clear()
+print(time.monotonic(), flush=True)  # the test measures from here (one clock for the machine)
+threading.Thread(target=ctypes.CDLL("libstdc++.so.6")._ZSt9terminatev).start()
+time.sleep(30)
+"""
+
+
+@pytest.mark.parametrize("watcher", ["lost", "nothing", "finished"])
+def test_a_native_abort_waits_for_the_watcher_to_name_a_lost_process(watcher):
+    import time
+
+    proc = subprocess.run([sys.executable, "-c", _TERMINATE_IN_A_NATIVE_THREAD, watcher],
+                          capture_output=True, text=True, timeout=120)
+    took = time.monotonic() - float(proc.stdout.split()[0])
+    if watcher == "lost":
+        assert proc.returncode == 75 and proc.stderr.splitlines()[-1] == "lost process 1 of 2", proc.stderr
+        return
+    # Then the C++ runtime's own report: after the watcher's time to tell (2.25 s) while it
+    # watches, at once after the command has finished.
+    assert proc.returncode == -6 and "terminate called without an active exception" in proc.stderr
+    assert took > 2.25 if watcher == "nothing" else took < 2.25, took
 
 
 @pytest.mark.slow

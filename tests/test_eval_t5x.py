@@ -1,7 +1,6 @@
 """The seqio eval tasks scored the T5X way: seqio.Evaluator agrees with `symtune eval`."""
 
 import functools
-import os
 
 import numpy as np
 import pytest
@@ -12,7 +11,7 @@ from symtune.data.catalog import get_spec
 from symtune.data.encoding import encode_prompt
 from symtune.data.ranking import rank_metric, rank_postprocessor
 from symtune.data.sources import DataConfig
-from symtune.data.tasks import eval_task_name, register_tasks
+from symtune.data.tasks import eval_task_name
 from symtune.data.vocab import default_vocabulary
 from symtune.eval.evaluate import render_unit, score_unit
 from symtune.eval.metrics import seqio_score_fn
@@ -25,17 +24,6 @@ from symtune.train.mesh import MeshConfig, logical_rules, make_mesh
 UNITS = (Unit("SUBJ", "symbols"), Unit("TC", "natural"), Unit("TEAB", "instructions_symbols"))
 QUERIES = 6  # per task
 MAX_LENGTH = 1024  # above every prompt + candidate of these queries, so no exemplar is dropped
-
-
-@pytest.fixture(scope="module")
-def registered(data_dir):
-    old = os.environ.get("SYMTUNE_DATA_DIR")
-    os.environ["SYMTUNE_DATA_DIR"] = str(data_dir)  # seqio Tasks read the configured directory
-    yield register_tasks()
-    if old is None:
-        os.environ.pop("SYMTUNE_DATA_DIR")
-    else:
-        os.environ["SYMTUNE_DATA_DIR"] = old
 
 
 @pytest.fixture(scope="module")

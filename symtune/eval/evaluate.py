@@ -9,7 +9,6 @@ first process writes.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import jax

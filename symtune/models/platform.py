@@ -33,5 +33,9 @@ def compute_platform() -> str:
         return _PLATFORM_OVERRIDE.get()
     mesh = jax.sharding.get_abstract_mesh()
     device = None if mesh.empty else mesh.abstract_device
-    platform = jax.default_backend() if device is None else device.platform
+    return platform_family(jax.default_backend() if device is None else device.platform)
+
+
+def platform_family(platform: str) -> str:
+    """`gpu` for JAX's GPU platform names (cuda, rocm), the name itself otherwise."""
     return "gpu" if platform in ("cuda", "rocm") else platform

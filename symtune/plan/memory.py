@@ -44,7 +44,7 @@ from symtune.data.pipeline import FEATURES  # int32 [batch, seq_len] each
 from symtune.errors import UserError
 from symtune.models.attention import attention_kernel, score_elements
 from symtune.models.config import DecoderConfig
-from symtune.models.platform import traced_as
+from symtune.models.platform import platform_family, traced_as
 from symtune.train.mesh import MESH_AXES, RULE_PRESETS, MeshConfig, spec_for
 from symtune.train.optim import OptimizerConfig
 
@@ -145,7 +145,7 @@ class Workload:
         # The attention the target runs, resolved as the model resolves it: splash on TPU, cuDNN on
         # GPU where they apply (no score-sized buffers), XLA's elsewhere (traced on one CPU device,
         # the fused CPU kernel would hide the score buffers XLA:CPU and XLA:GPU hold).
-        self.traced_platform = {"cuda": "gpu"}.get(platform, platform)
+        self.traced_platform = platform_family(platform)
         with traced_as(self.traced_platform):
             kernel = attention_kernel(model.attention, (batch_size, seq_len, model.num_heads, model.head_dim),
                                       (batch_size, seq_len, model.num_kv_heads, model.head_dim), causal=True,

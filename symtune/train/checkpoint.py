@@ -12,6 +12,7 @@ bits when it is saved, and a digest of the data state. Restore recomputes them o
 it read and compares, so a step whose files were damaged after the commit (bit rot, a half-copied
 bucket object) is caught without reading the data twice. A step whose files do not decode or whose
 fingerprints differ is renamed `<step>.corrupt` (never deleted) and the previous step is used.
+A params-only export carries the same record (`fingerprints.json`); reading a damaged one refuses.
 
 Multi-process: every process constructs the Checkpointer and calls save / restore / wait / close
 at the same steps, with its own shards; orbax coordinates the writes and the commit.
@@ -20,15 +21,12 @@ at the same steps, with its own shards; orbax coordinates the writes and the com
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import logging
 import os
 import re
-import signal
-import sys
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import gin
 import jax
@@ -39,6 +37,9 @@ from etils import epath
 from jax.experimental import multihost_utils
 
 from symtune.errors import UserError
+from symtune.train import fingerprints
+from symtune.train.preemption import (install_preemption_handler, preemption_requested,
+                                       remove_preemption_handler)
 from symtune.train.rundir import run_path
 
 PyTree = Any
@@ -47,6 +48,7 @@ CHECKPOINT_DIR = "checkpoints"
 STATE_ITEM = "state"
 DATA_ITEM = "data"
 FINGERPRINT_ITEM = "fingerprints"
+EXPORT_FINGERPRINTS = "fingerprints.json"  # beside an export_params checkpoint
 # The train state holds the model weights under this key; warm starts read only that subtree.
 PARAMS_KEY = "params"
 # Orbax writes this file last when it commits a checkpoint (before the atomic rename on local
@@ -101,7 +103,6 @@ class Checkpointer:
             cleanup_tmp_directories=True,
         )
         self._manager = ocp.CheckpointManager(self.directory, options=options)
-        _quiet_echoes_of_failed_writes()
         self._owns_preemption_handler = False
         self._saving: int | None = None  # the step of the last save started, named if it fails
         self._save_error_reported = False
@@ -123,16 +124,12 @@ class Checkpointer:
         return preempted or (every > 0 and step > 0 and step % every == 0)
 
     def install_preemption_handler(self) -> None:
-        """See the module function install_preemption_handler; close() puts the old handler back."""
+        """See preemption.install_preemption_handler; close() puts the old handler back."""
         install_preemption_handler()
         self._owns_preemption_handler = True
 
     def preemption_requested(self, step: int | None = None) -> bool:
-        """See the module function preemption_requested; the step may be left out in a single process."""
-        if step is None:
-            if jax.distributed.is_initialized():
-                raise ValueError("in a multi-process job pass the step: preemption_requested(step)")
-            return _Preemption.requested
+        """See preemption.preemption_requested."""
         return preemption_requested(step)
 
     @staticmethod
@@ -157,7 +154,7 @@ class Checkpointer:
         items = {
             STATE_ITEM: ocp.args.StandardSave(train_state),
             DATA_ITEM: ocp.args.JsonSave(data_state),
-            FINGERPRINT_ITEM: ocp.args.JsonSave(_fingerprint_record(train_state, data_state)),
+            FINGERPRINT_ITEM: ocp.args.JsonSave(fingerprints.make_record(train_state, data_state)),
         }
         try:
             started = self._manager.save(step, args=ocp.args.Composite(**items), force=True)
@@ -196,36 +193,47 @@ class Checkpointer:
         return None
 
     def _restore_or_set_aside(self, step: int, abstract_state: PyTree) -> tuple[PyTree, dict[str, Any]]:
+        # Two phases, each agreed by every process before the next: the reads are each process's
+        # own (its shards), the fingerprints a computation they all take part in.
+        state, data_state, record = self._agreed(step, lambda: self._read(step, abstract_state))
+        if record is not None:
+            self._agreed(step, lambda: fingerprints.verify(state, record, data_state=data_state))
+        return _cast_like(state, abstract_state), data_state
+
+    def _agreed(self, step: int, part: Callable[[], Any]) -> Any:
+        """`part`'s result, unless it found the files of `step` damaged on any process: then every
+        process sets the step aside together and raises CorruptCheckpoint."""
         reason = None
         try:
-            restored = self._read_verified(step, abstract_state)
+            result = part()
         except UserError:
             raise
-        except Exception as e:  # noqa: BLE001  anything orbax, tensorstore or JSON raise on damaged files
+        except Exception as e:  # noqa: BLE001  narrowed by _is_damage
+            if not _is_damage(e):
+                raise
             reason = _describe(e)
         if _any_process(reason is not None):
             reason = reason or "another process could not read it"
-            moved_to = self._set_aside(step, reason)
-            raise CorruptCheckpoint(step, reason, moved_to)
-        return restored
+            raise CorruptCheckpoint(step, reason, self._set_aside(step, reason))
+        return result
 
-    def _read_verified(self, step: int, abstract_state: PyTree) -> tuple[PyTree, dict[str, Any]]:
+    def _read(self, step: int, abstract_state: PyTree) -> tuple[PyTree, dict[str, Any], dict[str, Any] | None]:
+        """This process's read of `step`: (state in the saved dtypes, data state, fingerprint record)."""
         step_dir = self._step_dir(step)
         _check_json_files(step_dir)
         _check_matches_saved(step_dir / STATE_ITEM, abstract_state, f"checkpoint step {step}")
-        fingerprinted = (step_dir / FINGERPRINT_ITEM).is_dir()  # steps saved before fingerprints: unchecked
         record = None
-        if fingerprinted:
-            record = _read_record(step_dir)
-        target = _as_saved_dtypes(abstract_state, record, "")
-        items = {STATE_ITEM: ocp.args.StandardRestore(target), DATA_ITEM: ocp.args.JsonRestore()}
-        restored = self._manager.restore(step, args=ocp.args.Composite(**items))
-        state, data_state = restored[STATE_ITEM], dict(restored[DATA_ITEM] or {})
-        if record is not None:
-            _verify(state, record, "")
-            if record.get("data") != _data_digest(data_state):
-                raise ValueError("the data state differs from what was saved")
-        return _cast_like(state, abstract_state), data_state
+        if (step_dir / FINGERPRINT_ITEM).is_dir():  # steps saved before fingerprints: unchecked
+            record = _read_item_json(step_dir, FINGERPRINT_ITEM)
+        target = fingerprints.as_saved_dtypes(abstract_state, record)
+        # The items' handlers, not the manager: its restore ends in a barrier across processes,
+        # which a process whose read failed would skip, and the others would wait in for ever.
+        handler = ocp.StandardCheckpointHandler()
+        try:
+            state = handler.restore(step_dir / STATE_ITEM, args=ocp.args.StandardRestore(target))
+        finally:
+            handler.close()
+        return state, _read_item_json(step_dir, DATA_ITEM), record
 
     def _set_aside(self, step: int, reason: str) -> epath.Path:
         path = self._step_dir(step)
@@ -288,42 +296,6 @@ class CorruptCheckpoint(UserError):
         self.step, self.reason, self.moved_to = step, reason, moved_to
 
 
-def _quiet_echoes_of_failed_writes() -> None:
-    """When one write of a save fails (disk full, permission, bucket), orbax's threads log it,
-    asyncio logs each sibling write's failure, and tensorstore's late callbacks into orbax's closed
-    event loop print tracebacks: hundreds of lines for one error, which the save reports itself
-    (and the CLI as one line). Those echoes are dropped; everything else passes."""
-    global _echoes_quiet
-    if _echoes_quiet:
-        return
-    _echoes_quiet = True
-    logging.getLogger("absl").addFilter(_not_an_echo)
-    logging.getLogger("asyncio").addFilter(_not_an_echo)
-    sys.unraisablehook = _skipping_closed_loop_callbacks(sys.unraisablehook)
-    sys.excepthook = _skipping_closed_loop_callbacks(sys.excepthook)
-
-
-_echoes_quiet = False
-
-
-def _not_an_echo(record: logging.LogRecord) -> bool:
-    message = str(record.msg)
-    return not ("_SignalingThread.run() raised an exception" in message
-                or message.split("\n", 1)[0].endswith("exception was never retrieved"))
-
-
-def _skipping_closed_loop_callbacks(hook):
-    """`hook`, except for a callback from native code into a closed asyncio loop."""
-    def filtered(*args):
-        error, tb = (args[0].exc_value, args[0].exc_traceback) if len(args) == 1 else (args[1], args[2])
-        if (isinstance(error, RuntimeError) and str(error) == "Event loop is closed" and tb is not None
-                and tb.tb_frame.f_code.co_name == "call_soon_threadsafe"):
-            return
-        hook(*args)
-
-    return filtered
-
-
 def is_complete_step(step_dir: epath.Path) -> bool:
     return (step_dir / COMMIT_MARKER).exists()
 
@@ -345,6 +317,8 @@ _STORAGE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EACCES, errno.
 def _describe(error: BaseException) -> str:
     """The error in a few words: the operating system's reason where one is known."""
     text = " ".join(str(error).split()) or type(error).__name__
+    if isinstance(error, (_Undecodable, fingerprints.Mismatch)):  # already in our words
+        return text
     if isinstance(error, OSError) and error.strerror:
         return f"{error.strerror} (errno {error.errno})" + (f": {error.filename}" if error.filename else "")
     if match := _OS_ERROR.search(text):
@@ -361,6 +335,27 @@ def _any_process(flag: bool) -> bool:
     return bool(np.any(multihost_utils.process_allgather(np.int32(flag))))
 
 
+class _Undecodable(ValueError):
+    """A checkpoint file that does not decode."""
+
+
+# Where the errors of reading damaged files come from: the libraries that decode checkpoint files.
+_READERS = {"orbax", "tensorstore", "json", "etils", "msgpack", "zarr"}
+
+
+def _is_damage(error: BaseException) -> bool:
+    """Whether `error` says the files are damaged: one of our own checks, or an error raised while
+    a decoding library was reading. Anything else (a bug of ours) must not cost a good step."""
+    if isinstance(error, (_Undecodable, fingerprints.Mismatch)):
+        return True
+    tb = error.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_globals.get("__name__", "").split(".")[0] in _READERS:
+            return True
+        tb = tb.tb_next
+    return False
+
+
 def _check_json_files(step_dir: epath.Path) -> None:
     """Orbax tolerates some of its metadata files failing to decode (it logs and goes on); we do not."""
     items = [p for p in step_dir.iterdir() if p.is_dir()]
@@ -371,123 +366,16 @@ def _check_json_files(step_dir: epath.Path) -> None:
             try:
                 json.loads(path.read_bytes())
             except ValueError as e:
-                raise ValueError(f"{path.relative_to(step_dir)} does not decode ({e})") from None
+                raise _Undecodable(f"{path.relative_to(step_dir)} does not decode ({e})") from None
 
 
-# --- fingerprints: a few uint32 per array, computed where the array lives --------------------
-
-
-def _leaf_name(path) -> str:
-    """A leaf's path string, the same for a namedtuple and for its saved dict form."""
-
-    def name(key) -> str:
-        for attr in ("key", "name", "idx"):
-            if hasattr(key, attr):
-                return str(getattr(key, attr))
-        return str(key)
-
-    return "/".join(name(k) for k in path)
-
-
-def _as_words(x: jax.Array) -> jax.Array:
-    """The array's bits as a flat uint32 vector (narrower types widened, wider split)."""
-    x = jnp.asarray(x)
-    if x.dtype == jnp.bool_:
-        return x.astype(jnp.uint32).reshape(-1)
-    size = x.dtype.itemsize
-    if size >= 4:
-        return jax.lax.bitcast_convert_type(x, jnp.uint32).reshape(-1)
-    narrow = {1: jnp.uint8, 2: jnp.uint16}[size]
-    return jax.lax.bitcast_convert_type(x, narrow).astype(jnp.uint32).reshape(-1)
-
-
-def _mix(h: jax.Array) -> jax.Array:
-    # murmur3's finaliser: every input bit affects every output bit, so errors cannot cancel in a sum
-    h = h ^ (h >> 16)
-    h = h * jnp.uint32(0x85EBCA6B)
-    h = h ^ (h >> 13)
-    h = h * jnp.uint32(0xC2B2AE35)
-    return h ^ (h >> 16)
-
-
-def _fingerprint(x: jax.Array) -> jax.Array:
-    w = _as_words(x)
-    i = jnp.arange(w.shape[0], dtype=jnp.uint32)
-    return jnp.stack([
-        jnp.sum(w, dtype=jnp.uint32),
-        jnp.sum(w * (i * jnp.uint32(2) + jnp.uint32(1)), dtype=jnp.uint32),  # position-weighted
-        jnp.sum(_mix(w ^ _mix(i + jnp.uint32(0x9E3779B9))), dtype=jnp.uint32),
-    ])
-
-
-def _replicated(tree: PyTree):
-    for leaf in jax.tree.leaves(tree):
-        sharding = getattr(leaf, "sharding", None)
-        if isinstance(sharding, jax.sharding.NamedSharding):
-            return jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec())
-    return None
-
-
-def fingerprints(tree: PyTree) -> dict[str, list[int]]:
-    """{leaf path: [3 x uint32]} of the global arrays, computed by one jit where they live; every
-    process gets the same values (the result is replicated)."""
-    named = jax.tree_util.tree_leaves_with_path(tree)
-    if not named:
-        return {}
-    leaves = [leaf for _, leaf in named]
-    # One array out, replicated, so each process can read it whatever the arrays' shardings.
-    stacked = jax.jit(lambda xs: jnp.stack([_fingerprint(x) for x in xs]), out_shardings=_replicated(leaves))(leaves)
-    values = np.asarray(stacked).tolist()
-    return {_leaf_name(path): value for (path, _), value in zip(named, values)}
-
-
-def _read_record(step_dir: epath.Path) -> dict[str, Any]:
+def _read_item_json(step_dir: epath.Path, item: str) -> dict[str, Any]:
     # JsonSave writes the item as ITEM/metadata
-    return json.loads((step_dir / FINGERPRINT_ITEM / "metadata").read_bytes())
-
-
-def _data_digest(data_state: Mapping[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(data_state, sort_keys=True).encode()).hexdigest()
-
-
-def _fingerprint_record(train_state: PyTree, data_state: Mapping[str, Any]) -> dict[str, Any]:
-    prints = fingerprints(train_state)
-    arrays = {
-        _leaf_name(path): {"dtype": str(jnp.asarray(leaf).dtype), "shape": list(np.shape(leaf)), "fingerprint": prints[_leaf_name(path)]}
-        for path, leaf in jax.tree_util.tree_leaves_with_path(train_state)
-    }
-    return {"version": 1, "arrays": arrays, "data": _data_digest(data_state)}
-
-
-def _as_saved_dtypes(abstract: PyTree, record: Mapping[str, Any] | None, prefix: str) -> PyTree:
-    """The restore target with each leaf in its saved dtype, so fingerprints compare bit for bit."""
-    if record is None:
-        return abstract
-    arrays = record["arrays"]
-
-    def saved(path, leaf):
-        entry = arrays.get(prefix + _leaf_name(path))
-        if entry is None or np.dtype(entry["dtype"]) == np.dtype(leaf.dtype):
-            return leaf
-        return jax.ShapeDtypeStruct(leaf.shape, np.dtype(entry["dtype"]), sharding=leaf.sharding)
-
-    return jax.tree_util.tree_map_with_path(saved, abstract)
+    return json.loads((step_dir / item / "metadata").read_bytes())
 
 
 def _cast_like(tree: PyTree, abstract: PyTree) -> PyTree:
     return jax.tree.map(lambda x, a: x if x.dtype == a.dtype else x.astype(a.dtype), tree, abstract)
-
-
-def _verify(tree: PyTree, record: Mapping[str, Any], prefix: str) -> None:
-    """ValueError naming the first array whose restored bits differ from its save-time fingerprint."""
-    arrays = record["arrays"]
-    got = fingerprints(tree)
-    for name, value in got.items():
-        entry = arrays.get(prefix + name)
-        if entry is None:
-            raise ValueError(f"array {prefix + name} has no saved fingerprint")
-        if value != entry["fingerprint"]:
-            raise ValueError(f"array {prefix + name} differs from what was saved (fingerprint mismatch)")
 
 
 def _set_aside_torn_steps(directory: epath.Path) -> None:
@@ -511,7 +399,7 @@ def _check_abstract(abstract: PyTree) -> None:
 
 def _leaf_shapes(tree: PyTree) -> dict[str, tuple[int, ...]]:
     """Shapes by a path string that is the same for a namedtuple and for its saved dict form."""
-    return {_leaf_name(path): tuple(getattr(leaf, "shape", ())) for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
+    return {fingerprints.leaf_name(path): tuple(getattr(leaf, "shape", ())) for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
 
 
 def _saved_tree(item_dir: epath.Path) -> PyTree:
@@ -544,67 +432,24 @@ def _compare_shapes(saved: dict[str, tuple[int, ...]], wanted: dict[str, tuple[i
     raise UserError(f"{what} does not match the model: {detail}; restore into the model it was saved from")
 
 
-# --- preemption -----------------------------------------------------------------------------
-
-
-class _Preemption:
-    requested = False
-    installed = False
-    previous_handler: Any = None
-
-
-def install_preemption_handler() -> None:
-    """Turns SIGTERM into a request to save at the next step boundary and exit (see preemption_requested).
-
-    In a multi-process job JAX's preemption service already catches SIGTERM on every process and
-    agrees on one step for all of them, so nothing is installed there. Under SLURM ask for the
-    signal ahead of the time limit (sbatch --signal=TERM@120). Call from the main thread.
-    """
-    if jax.distributed.is_initialized():
-        if not jax.config.jax_enable_preemption_service:
-            raise UserError("multi-process preemption needs jax_enable_preemption_service=True (JAX's default)")
-        return
-    if not _Preemption.installed:
-        _Preemption.previous_handler = signal.signal(signal.SIGTERM, _on_sigterm)
-        _Preemption.installed = True
-
-
-def _on_sigterm(signum: int, frame: Any) -> None:
-    # Only a flag: the step in progress must finish before its state can be saved.
-    _Preemption.requested = True
-
-
-def preemption_requested(step: int) -> bool:
-    """True from the step at which to save and stop after SIGTERM; every process must call it at
-    every step with the same step number (in multi-process jobs it decides the step together)."""
-    if not _Preemption.requested and jax.distributed.is_initialized():
-        _Preemption.requested = multihost_utils.reached_preemption_sync_point(step)
-    return _Preemption.requested
-
-
-def remove_preemption_handler() -> None:
-    """Puts back the SIGTERM handler that was there before and forgets any request."""
-    if _Preemption.installed:
-        signal.signal(signal.SIGTERM, _Preemption.previous_handler)
-    _Preemption.installed = False
-    _Preemption.requested = False
-    _Preemption.previous_handler = None
-
-
 # --- params-only export and warm start --------------------------------------------------------
 
 
 def export_params(
     params: PyTree, out_dir: str | epath.PathLike, dtype: Any = jnp.bfloat16, overwrite: bool = False
 ) -> epath.Path:
-    """Writes a params-only checkpoint, floating arrays cast to `dtype` (None: as they are)."""
+    """Writes a params-only checkpoint, floating arrays cast to `dtype` (None: as they are), with
+    their fingerprints beside it (EXPORT_FINGERPRINTS), which restore_params checks."""
     out_dir = run_path(out_dir)  # orbax takes absolute paths only
     if out_dir.exists() and not overwrite:
         raise UserError(f"{out_dir} already exists; choose a new export directory or pass overwrite=True")
     if dtype is not None:
         params = jax.tree.map(lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, params)
+    record = fingerprints.make_record(params, {})
     with ocp.Checkpointer(ocp.StandardCheckpointHandler()) as checkpointer:
         checkpointer.save(out_dir, args=ocp.args.StandardSave(params), force=overwrite)
+    if jax.process_index() == 0:
+        (out_dir / EXPORT_FINGERPRINTS).write_text(json.dumps(record))
     return out_dir
 
 
@@ -623,7 +468,9 @@ def restore_params(path: str | epath.PathLike, abstract_params: PyTree) -> PyTre
         return _read_params(path, abstract_params)
     except UserError:
         raise
-    except Exception as e:  # noqa: BLE001  anything orbax, tensorstore or JSON raise on damaged files
+    except Exception as e:  # noqa: BLE001  narrowed by _is_damage
+        if not _is_damage(e):
+            raise
         raise CorruptCheckpoint(path, _describe(e), None) from None
 
 
@@ -631,8 +478,15 @@ def _read_params(path: epath.Path, abstract_params: PyTree) -> PyTree:
     _check_json_files(path)
     if not (path / STATE_ITEM).is_dir():
         _check_matches_saved(path, abstract_params, f"params checkpoint {path}")
+        record = None
+        if (path / EXPORT_FINGERPRINTS).is_file():  # exports written before fingerprints: unchecked
+            record = json.loads((path / EXPORT_FINGERPRINTS).read_bytes())
+        wanted = fingerprints.as_saved_dtypes(abstract_params, record)
         with ocp.Checkpointer(ocp.StandardCheckpointHandler()) as checkpointer:
-            return checkpointer.restore(path, args=ocp.args.StandardRestore(abstract_params))
+            params = checkpointer.restore(path, args=ocp.args.StandardRestore(wanted))
+        if record is not None:
+            fingerprints.verify(params, record)
+        return _cast_like(params, abstract_params)
     # A training step: read only the params subtree of its train state.
     saved = _saved_tree(path / STATE_ITEM)
     if PARAMS_KEY not in saved:
@@ -640,9 +494,9 @@ def _read_params(path: epath.Path, abstract_params: PyTree) -> PyTree:
     _compare_shapes(_leaf_shapes(saved[PARAMS_KEY]), _leaf_shapes(abstract_params), f"params of {path}")
     record = None
     if (path / FINGERPRINT_ITEM).is_dir():  # steps saved before fingerprints: unchecked
-        record = _read_record(path)
+        record = _read_item_json(path, FINGERPRINT_ITEM)
     prefix = f"{PARAMS_KEY}/"
-    wanted = {PARAMS_KEY: _as_saved_dtypes(abstract_params, record, prefix)}
+    wanted = {PARAMS_KEY: fingerprints.as_saved_dtypes(abstract_params, record, prefix)}
     with ocp.Checkpointer(ocp.PyTreeCheckpointHandler()) as checkpointer:
         restored = checkpointer.restore(
             path / STATE_ITEM,
@@ -652,5 +506,5 @@ def _read_params(path: epath.Path, abstract_params: PyTree) -> PyTree:
         )
     params = restored[PARAMS_KEY]
     if record is not None:
-        _verify(params, record, prefix)
+        fingerprints.verify(params, record, prefix)
     return _cast_like(params, abstract_params)

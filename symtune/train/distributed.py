@@ -16,6 +16,7 @@ Modes:
 
 from __future__ import annotations
 
+import ctypes
 import glob
 import importlib.util
 import logging
@@ -258,12 +259,47 @@ _watching = threading.Event()
 _watch_timeout_s = 0.0
 
 
+def _time_to_tell() -> float:
+    """How long the watcher may take to tell that another process was lost."""
+    return _watch_timeout_s * 1.25 + 1
+
+
 def await_lost_process(error: BaseException) -> None:
     """After a collective or device failure in a multi-process run (how a lost process surfaces),
     gives the watcher the time to tell whether another process was lost (it then ends this one
     with its line); returns at once for other errors, or if none was lost."""
     if _watching.is_set() and isinstance(error, jax.errors.JaxRuntimeError):
-        time.sleep(_watch_timeout_s * 1.25 + 1)
+        time.sleep(_time_to_tell())
+
+
+_TerminateHandler = ctypes.CFUNCTYPE(None)
+_held_terminate: list = []  # the installed handler, kept alive for as long as the C++ runtime holds it
+
+
+def _hold_native_aborts() -> None:
+    """A C++ exception escaping a native thread ends the process through std::terminate before any
+    Python runs: gloo's TCP transport (CPU collectives) throws one when a peer dies mid-message.
+    This holds such a thread for the watcher's time to tell, so that a lost process ends this one
+    with the watcher's line; otherwise the runtime's own handler then reports and aborts as before."""
+    if _held_terminate:
+        return
+    try:
+        set_terminate = ctypes.CDLL("libstdc++.so.6")._ZSt13set_terminatePFvvE  # std::set_terminate
+    except (OSError, AttributeError):  # not the GNU C++ runtime: aborts stay immediate
+        log.debug("std::set_terminate not found; native aborts are not held for the process watcher")
+        return
+    set_terminate.restype, set_terminate.argtypes = ctypes.c_void_p, [ctypes.c_void_p]
+    previous = None
+
+    def hold() -> None:
+        if _watching.is_set():  # not once this process has finished its command
+            time.sleep(_time_to_tell())
+        if previous:
+            _TerminateHandler(previous)()  # prints the exception and aborts
+        os.abort()
+
+    _held_terminate.append(_TerminateHandler(hold))
+    previous = set_terminate(ctypes.cast(_held_terminate[0], ctypes.c_void_p))
 
 
 def finished() -> None:
@@ -321,6 +357,7 @@ def watch_processes(timeout_s: float) -> threading.Thread:
     global _watch_timeout_s
     _watching.set()
     _watch_timeout_s = timeout_s
+    _hold_native_aborts()
     thread = threading.Thread(target=watch, daemon=True, name="process-watch")
     thread.start()
     return thread
