@@ -197,22 +197,27 @@ def test_two_processes_save_one_checkpoint_that_one_process_restores(tmp_path):
 
 
 @pytest.mark.multiprocess
-def test_two_processes_agree_to_set_aside_a_step_that_only_one_of_them_reads_as_damaged(tmp_path):
+def test_two_processes_agree_on_a_step_or_export_that_only_one_of_them_reads_as_damaged(tmp_path):
     from multihost_restore_worker import abstract_state
     from multihost_worker import global_values, weights
 
-    from symtune.train.checkpoint import CheckpointConfig
+    from symtune.train.checkpoint import CheckpointConfig, export_params
 
     mesh = make_mesh(MeshConfig(data=8, tensor=1))
     with Checkpointer(tmp_path, CheckpointConfig(save_every_steps=1)) as ckpt:
         for step in (1, 2):
             values = {"step": np.int32(step), "params": {"w": weights() + step}, "x": global_values() * step}
-            ckpt.save(step, jax.tree.map(lambda v, a: jax.device_put(v, a.sharding), values, abstract_state(mesh)),
-                      {"start_step": step})
+            state = jax.tree.map(lambda v, a: jax.device_put(v, a.sharding), values, abstract_state(mesh))
+            ckpt.save(step, state, {"start_step": step})
+    export_params(state["params"], tmp_path / "export")
     results = run_two_workers(WORKER.with_name("multihost_restore_worker.py"), tmp_path)
     for result, _ in results:  # process 1 alone read step 2 as damaged; both went back to step 1
         assert result["step"] == 1 and result["data"] == {"start_step": 1} and result["complete"] == [1], result
         assert result["total"] == global_values().sum() + (weights() + 1).sum()
+    export = tmp_path / "export"
+    assert [r["refused"] for r, _ in results] == [
+        f"checkpoint {export} is corrupt: another process could not read it",
+        f"checkpoint {export} is corrupt: this process's shards do not decode"]
     assert "checkpoint step 2 is corrupt (another process could not read it); set aside as" in results[0][1]
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["1", "2.corrupt"]
 

@@ -195,27 +195,13 @@ class Checkpointer:
     def _restore_or_set_aside(self, step: int, abstract_state: PyTree) -> tuple[PyTree, dict[str, Any]]:
         # Two phases, each agreed by every process before the next: the reads are each process's
         # own (its shards), the fingerprints a computation they all take part in.
-        state, data_state, record = self._agreed(step, lambda: self._read(step, abstract_state))
-        if record is not None:
-            self._agreed(step, lambda: fingerprints.verify(state, record, data_state=data_state))
-        return _cast_like(state, abstract_state), data_state
+        def set_aside(reason: str) -> CorruptCheckpoint:
+            return CorruptCheckpoint(step, reason, self._set_aside(step, reason))
 
-    def _agreed(self, step: int, part: Callable[[], Any]) -> Any:
-        """`part`'s result, unless it found the files of `step` damaged on any process: then every
-        process sets the step aside together and raises CorruptCheckpoint."""
-        reason = None
-        try:
-            result = part()
-        except UserError:
-            raise
-        except Exception as e:  # noqa: BLE001  narrowed by _is_damage
-            if not _is_damage(e):
-                raise
-            reason = _describe(e)
-        if _any_process(reason is not None):
-            reason = reason or "another process could not read it"
-            raise CorruptCheckpoint(step, reason, self._set_aside(step, reason))
-        return result
+        state, data_state, record = _agreed(lambda: self._read(step, abstract_state), set_aside)
+        if record is not None:
+            _agreed(lambda: fingerprints.verify(state, record, data_state=data_state), set_aside)
+        return _cast_like(state, abstract_state), data_state
 
     def _read(self, step: int, abstract_state: PyTree) -> tuple[PyTree, dict[str, Any], dict[str, Any] | None]:
         """This process's read of `step`: (state in the saved dtypes, data state, fingerprint record)."""
@@ -226,13 +212,7 @@ class Checkpointer:
         if (step_dir / FINGERPRINT_ITEM).is_dir():  # steps saved before fingerprints: unchecked
             record = _read_item_json(step_dir, FINGERPRINT_ITEM)
         target = fingerprints.as_saved_dtypes(abstract_state, record)
-        # The items' handlers, not the manager: its restore ends in a barrier across processes,
-        # which a process whose read failed would skip, and the others would wait in for ever.
-        handler = ocp.StandardCheckpointHandler()
-        try:
-            state = handler.restore(step_dir / STATE_ITEM, args=ocp.args.StandardRestore(target))
-        finally:
-            handler.close()
+        state = _restore_item(ocp.StandardCheckpointHandler(), step_dir / STATE_ITEM, ocp.args.StandardRestore(target))
         return state, _read_item_json(step_dir, DATA_ITEM), record
 
     def _set_aside(self, step: int, reason: str) -> epath.Path:
@@ -327,6 +307,33 @@ def _describe(error: BaseException) -> str:
         if os.strerror(code) in text:
             return f"{os.strerror(code)} (errno {code})"
     return f"{type(error).__name__}: {text if len(text) <= 240 else text[:120] + ' ... ' + text[-120:]}"
+
+
+def _agreed(part: Callable[[], Any], damaged: Callable[[str], Exception]) -> Any:
+    """`part`'s result (this process's share of a read), unless it found the files damaged on any
+    process: then every process raises `damaged(reason)` together. Every process calls it."""
+    reason = None
+    try:
+        result = part()
+    except UserError:
+        raise
+    except Exception as e:  # noqa: BLE001  narrowed by _is_damage
+        if not _is_damage(e):
+            raise
+        reason = _describe(e)
+    if _any_process(reason is not None):
+        raise damaged(reason or "another process could not read it")
+    return result
+
+
+def _restore_item(handler: ocp.CheckpointHandler, directory: epath.Path, args: ocp.args.CheckpointArgs) -> PyTree:
+    """This process's shards of one item, through its handler alone: orbax's Checkpointer and
+    CheckpointManager end a restore in a barrier across processes, which a process whose read
+    failed would skip while the others wait in it; `_agreed` settles the outcome instead."""
+    try:
+        return handler.restore(directory, args=args)
+    finally:
+        handler.close()
 
 
 def _any_process(flag: bool) -> bool:
@@ -464,17 +471,19 @@ def restore_params(path: str | epath.PathLike, abstract_params: PyTree) -> PyTre
         raise UserError(f"{path} is a run directory; pass one of its steps, e.g. {path / CHECKPOINT_DIR / '<step>'}")
     if not is_complete_step(path):
         raise UserError(f"{path} is not a complete checkpoint (no {COMMIT_MARKER}); pass a finished export or step")
-    try:
-        return _read_params(path, abstract_params)
-    except UserError:
-        raise
-    except Exception as e:  # noqa: BLE001  narrowed by _is_damage
-        if not _is_damage(e):
-            raise
-        raise CorruptCheckpoint(path, _describe(e), None) from None
+
+    def refuse(reason: str) -> CorruptCheckpoint:  # eval, export and warm starts never move files
+        return CorruptCheckpoint(path, reason, None)
+
+    params, record, prefix = _agreed(lambda: _read_params(path, abstract_params), refuse)
+    if record is not None:
+        _agreed(lambda: fingerprints.verify(params, record, prefix), refuse)
+    return _cast_like(params, abstract_params)
 
 
-def _read_params(path: epath.Path, abstract_params: PyTree) -> PyTree:
+def _read_params(path: epath.Path, abstract_params: PyTree) -> tuple[PyTree, dict[str, Any] | None, str]:
+    """This process's read of the params: (params in the saved dtypes, fingerprint record, the
+    record's key prefix)."""
     _check_json_files(path)
     if not (path / STATE_ITEM).is_dir():
         _check_matches_saved(path, abstract_params, f"params checkpoint {path}")
@@ -482,11 +491,7 @@ def _read_params(path: epath.Path, abstract_params: PyTree) -> PyTree:
         if (path / EXPORT_FINGERPRINTS).is_file():  # exports written before fingerprints: unchecked
             record = json.loads((path / EXPORT_FINGERPRINTS).read_bytes())
         wanted = fingerprints.as_saved_dtypes(abstract_params, record)
-        with ocp.Checkpointer(ocp.StandardCheckpointHandler()) as checkpointer:
-            params = checkpointer.restore(path, args=ocp.args.StandardRestore(wanted))
-        if record is not None:
-            fingerprints.verify(params, record)
-        return _cast_like(params, abstract_params)
+        return _restore_item(ocp.StandardCheckpointHandler(), path, ocp.args.StandardRestore(wanted)), record, ""
     # A training step: read only the params subtree of its train state.
     saved = _saved_tree(path / STATE_ITEM)
     if PARAMS_KEY not in saved:
@@ -497,14 +502,6 @@ def _read_params(path: epath.Path, abstract_params: PyTree) -> PyTree:
         record = _read_item_json(path, FINGERPRINT_ITEM)
     prefix = f"{PARAMS_KEY}/"
     wanted = {PARAMS_KEY: fingerprints.as_saved_dtypes(abstract_params, record, prefix)}
-    with ocp.Checkpointer(ocp.PyTreeCheckpointHandler()) as checkpointer:
-        restored = checkpointer.restore(
-            path / STATE_ITEM,
-            args=ocp.args.PyTreeRestore(
-                item=wanted, restore_args=ocp.checkpoint_utils.construct_restore_args(wanted), partial_restore=True
-            ),
-        )
-    params = restored[PARAMS_KEY]
-    if record is not None:
-        fingerprints.verify(params, record, prefix)
-    return _cast_like(params, abstract_params)
+    restored = _restore_item(ocp.PyTreeCheckpointHandler(), path / STATE_ITEM, ocp.args.PyTreeRestore(
+        item=wanted, restore_args=ocp.checkpoint_utils.construct_restore_args(wanted), partial_restore=True))
+    return restored[PARAMS_KEY], record, prefix
