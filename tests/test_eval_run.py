@@ -114,7 +114,7 @@ def test_two_local_processes_evaluate_like_one_and_only_the_first_writes(run_dir
     done = subprocess.run(launcher + [sys.executable, "-m", "symtune.cli", "eval", f"--checkpoint={run_dir}",
                                       f"--out={tmp_path / 'multi'}", *flags],
                           env=env, cwd=repo_root, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stdout[-3000:]
+    assert done.returncode == 0, done.stderr[-3000:]
     assert "over 8 cpu devices" in done.stdout
     assert "[0] reports:" in done.stdout and "[1] reports:" not in done.stdout
     for unit in ("SUBJ.symbols", "list_functions.exact_match"):

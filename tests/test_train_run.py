@@ -214,7 +214,7 @@ def train_one_and_two_processes(tmp_path, data_dir, repo_root, args: list[str]):
     done = subprocess.run(launcher + cli(*args, f"--run_dir={multi}"), env={**env, "PYTHON": sys.executable},
                           cwd=repo_root,
                           capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stdout[-3000:]
+    assert done.returncode == 0, done.stderr[-3000:]
     assert "[0] training done at step" in done.stdout and "[1] " in done.stdout
     one, two = (json.loads((d / "run.json").read_text()) for d in (single, multi))
     assert two["processes"] == 2 and two["devices"] == 8 and one["processes"] == 1

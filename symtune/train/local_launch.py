@@ -4,9 +4,10 @@
 
 Each process gets SYMTUNE_COORDINATOR / SYMTUNE_NUM_PROCESSES / SYMTUNE_PROCESS_ID (which
 `symtune.train.distributed.initialize` reads) and its own `--devices` simulated CPU devices
-(SYMTUNE_CPU_DEVICES, which wins over HostConfig.cpu_devices, and XLA_FLAGS). Output
-lines are prefixed with the process id. If one process fails, the others are stopped; SIGTERM
-and Ctrl-C are passed on to all of them (so a preemption test behaves like a pod's).
+(SYMTUNE_CPU_DEVICES, which wins over HostConfig.cpu_devices, and XLA_FLAGS). Output lines are
+prefixed with the process id, stdout's on stdout and stderr's on stderr. If one process fails, the
+others are stopped; SIGTERM and Ctrl-C are passed on to all of them (so a preemption test behaves
+like a pod's).
 """
 
 from __future__ import annotations
@@ -58,11 +59,12 @@ def launch(command: Sequence[str], processes: int, devices: int, port: int | Non
     port = port or free_port()
     procs = [
         subprocess.Popen(list(command), env=process_env(i, processes, port, devices),
-                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         for i in range(processes)
     ]
-    relays = [threading.Thread(target=_relay, args=(i, p.stdout, sys.stdout), daemon=True)
-              for i, p in enumerate(procs)]
+    # One relay per stream: a progress bar's partial line on stderr must not swallow a stdout line.
+    relays = [threading.Thread(target=_relay, args=(i, source, sink), daemon=True)
+              for i, p in enumerate(procs) for source, sink in ((p.stdout, sys.stdout), (p.stderr, sys.stderr))]
     for relay in relays:
         relay.start()
 
