@@ -273,7 +273,7 @@ def await_lost_process(error: BaseException) -> None:
 
 
 _TerminateHandler = ctypes.CFUNCTYPE(None)
-_held_terminate: list = []  # the installed handler, kept alive for as long as the C++ runtime holds it
+_terminate_handler = None  # once installed; kept alive for as long as the C++ runtime holds it
 
 
 def _hold_native_aborts() -> None:
@@ -281,7 +281,8 @@ def _hold_native_aborts() -> None:
     Python runs: gloo's TCP transport (CPU collectives) throws one when a peer dies mid-message.
     This holds such a thread for the watcher's time to tell, so that a lost process ends this one
     with the watcher's line; otherwise the runtime's own handler then reports and aborts as before."""
-    if _held_terminate:
+    global _terminate_handler
+    if _terminate_handler is not None:
         return
     try:
         set_terminate = ctypes.CDLL("libstdc++.so.6")._ZSt13set_terminatePFvvE  # std::set_terminate
@@ -298,8 +299,8 @@ def _hold_native_aborts() -> None:
             _TerminateHandler(previous)()  # prints the exception and aborts
         os.abort()
 
-    _held_terminate.append(_TerminateHandler(hold))
-    previous = set_terminate(ctypes.cast(_held_terminate[0], ctypes.c_void_p))
+    _terminate_handler = _TerminateHandler(hold)
+    previous = set_terminate(ctypes.cast(_terminate_handler, ctypes.c_void_p))
 
 
 def finished() -> None:
